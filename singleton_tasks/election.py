@@ -1,0 +1,178 @@
+"""Leader election on top of a lease: campaign, lead, renew, step down, campaign again.
+
+Guarantees:
+
+* ``is_leader`` is never True past the lease's validity deadline, whatever the renew
+  thread is doing: it is checked against the local monotonic clock on every read.
+* A leader that cannot renew gives up once two thirds of the TTL have passed since its
+  last successful renewal, and in any case by its deadline; it then calls ``on_lost`` and
+  campaigns again. Redis errors never end the loop.
+* ``on_lost`` runs exactly once after every ``on_elected``, including at ``stop()``.
+  A callback that raises is logged; it never stops the elector.
+* A standby retries every ``retry_interval`` (jittered) and at once when the holder
+  releases, so a graceful handover takes about one round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Callable
+
+from .clock import Clock, monotonic
+from .errors import ConfigurationError
+from .lease import LeaseProtocol
+
+log = logging.getLogger("singleton_tasks.election")
+
+Callback = Callable[[], None]
+
+
+def next_wait(
+    leader: bool, valid_for: float, ttl: float, renew_interval: float, retry_interval: float,
+    renew_failed: bool = False,
+) -> float:
+    """How long the loop sleeps before its next action: a pure function, for testing.
+
+    A leader wakes for its next renewal (sooner, after a failed one), but never later than
+    the point where it must give up: one third of the TTL before its deadline. A follower
+    waits a jittered retry interval.
+    """
+    if leader:
+        give_up_in = valid_for - ttl / 3
+        return max(0.0, min(retry_interval if renew_failed else renew_interval, give_up_in))
+    return random.uniform(0.5, 1.0) * retry_interval
+
+
+class LeaderElector:
+    """Keeps campaigning for ``lease`` in a background thread until ``stop()``."""
+
+    def __init__(
+        self,
+        lease: LeaseProtocol,
+        on_elected: Callback | None = None,
+        on_lost: Callback | None = None,
+        renew_interval: float | None = None,
+        retry_interval: float | None = None,
+        clock: Clock = monotonic,
+    ) -> None:
+        self.lease = lease
+        self.on_elected = on_elected
+        self.on_lost = on_lost
+        self.renew_interval = renew_interval if renew_interval is not None else lease.ttl / 3
+        self.retry_interval = retry_interval if retry_interval is not None else min(0.5, lease.ttl / 4)
+        if not 0 < self.renew_interval < lease.ttl / 2:
+            raise ConfigurationError("renew_interval", renew_interval, f"more than 0 and less than ttl/2 ({lease.ttl / 2})")
+        if not 0 < self.retry_interval:
+            raise ConfigurationError("retry_interval", retry_interval, "a positive number of seconds")
+        self._clock = clock
+        self._leading = False
+        self._renew_failed = False
+        self._elected = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._release_on_stop = True
+        self._unsubscribe: Callback | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        """True only while this elector leads and its lease is within its validity window."""
+        return self._leading and self.lease.held
+
+    def wait_for_leadership(self, timeout: float | None = None) -> bool:
+        """Block until this elector leads (True) or ``timeout`` passes (False)."""
+        return self._elected.wait(timeout) and self.is_leader
+
+    def start(self) -> "LeaderElector":
+        if self._thread is not None:
+            raise RuntimeError("elector already started")
+        self._stop.clear()
+        try:
+            self._unsubscribe = self.lease.on_release(self._wake.set)
+        except Exception as exc:  # listening is an optimisation; polling still works
+            log.warning("lease %s: cannot listen for releases (%s); polling only", self.lease.name, exc)
+        self._thread = threading.Thread(target=self._run, name=f"elector-{self.lease.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, release: bool = True) -> None:
+        """Stop campaigning; with ``release`` a leader hands over at once. Idempotent."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._release_on_stop = release
+        self._stop.set()
+        self._wake.set()
+        thread.join()
+        self._thread = None
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def __enter__(self) -> "LeaderElector":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception:  # the loop must outlive any failure; treat it as "not leading"
+                log.exception("lease %s: elector step failed", self.lease.name)
+                self._step_down("error")
+            wait = next_wait(self._leading, self.lease.valid_for(), self.lease.ttl,
+                             self.renew_interval, self.retry_interval, self._renew_failed)
+            if self._leading:
+                self._wake.clear()  # releases matter to followers only
+            self._wake.wait(wait)
+            self._wake.clear()
+        if self._leading:
+            if self._release_on_stop:
+                self._safely(self.lease.release, "release")
+            self._step_down("stopped")
+
+    def _step(self) -> None:
+        if not self._leading:
+            if self.lease.acquire(blocking=False):
+                self._leading = True
+                log.info("lease %s: elected (token %s)", self.lease.name, self.lease.token)
+                self._safely(self.on_elected, "on_elected")
+                self._elected.set()
+            return
+        if not self.lease.held:
+            self._step_down("validity ran out")
+            return
+        self._renew_failed = not self.lease.renew()
+        if not self._renew_failed:
+            return
+        if not self.lease.held:
+            self._step_down("lease lost")
+        elif self.lease.valid_for() <= self.lease.ttl / 3:
+            self.lease.release()
+            self._step_down("could not renew for two thirds of the TTL")
+
+    def _step_down(self, why: str) -> None:
+        if not self._leading:
+            return
+        self._leading = False
+        self._renew_failed = False
+        self._elected.clear()
+        if why == "stopped":
+            log.info("lease %s: stepped down (stopped)", self.lease.name)
+        else:
+            log.warning("lease %s: leadership lost: %s", self.lease.name, why)
+        self._safely(self.on_lost, "on_lost")
+
+    def _safely(self, callback: Callback | None, what: str) -> None:
+        if callback is None:
+            return
+        try:
+            callback()
+        except Exception:
+            log.exception("lease %s: %s raised; the elector carries on", self.lease.name, what)

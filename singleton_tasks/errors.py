@@ -1,0 +1,58 @@
+"""The exception hierarchy, split by what the caller does next.
+
+``SingletonError``
+    ``ConfigurationError`` - a setting or argument is wrong; fix the configuration.
+    ``LeaseError`` - something about the shared lease; the caller may retry later.
+        ``LeaseLost`` - the lease this code relied on is gone; stop the work now.
+        ``MalformedLeaseValue`` - Redis holds a value this library did not write.
+    ``StaleToken`` - a fenced write was refused because a newer token was seen.
+"""
+
+from __future__ import annotations
+
+
+class SingletonError(Exception):
+    """Root of every error raised by singleton-tasks."""
+
+
+class ConfigurationError(SingletonError, ValueError):
+    """A setting or argument has a bad value. The message names both."""
+
+    def __init__(self, setting: str, value: object, allowed: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{setting}={value!r} is not valid: {allowed}")
+
+
+class LeaseError(SingletonError):
+    """A problem with a shared lease (not with the configuration)."""
+
+
+class LeaseLost(LeaseError):
+    """The lease is no longer held: its validity ran out or another holder took it.
+
+    Code that sees this must not start any further work that needs the lease.
+    """
+
+
+class MalformedLeaseValue(LeaseError):
+    """A key of ours holds a value this library never writes; it is reported, never run."""
+
+    def __init__(self, key: str, value: object, node: str) -> None:
+        self.key = key
+        self.value = value
+        self.node = node
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"key {key!r} on {node} holds a value not written by singleton-tasks: {shown}")
+
+
+class StaleToken(SingletonError):
+    """A fenced write carried a token lower than one already accepted."""
+
+    def __init__(self, token: int, highest: int) -> None:
+        self.token = token
+        self.highest = highest
+        super().__init__(f"fencing token {token} is stale: {highest} was already accepted")

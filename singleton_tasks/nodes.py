@@ -1,0 +1,134 @@
+"""A set of independent Redis nodes, spoken to in parallel.
+
+One call sends the same script to every node first and only then reads the replies, so a
+round over five nodes costs about one round trip, not five. A node that fails answers with
+its exception instead of a reply; it never fails the whole round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import redis
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+from redis.backoff import NoBackoff
+
+from .errors import ConfigurationError
+
+log = logging.getLogger("singleton_tasks.nodes")
+
+NodeSpec = Union[str, "redis.Redis[Any]", "redis.Redis"]  # a URL or a ready client
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script sent by SHA, with its source as the fallback for a node that lacks it."""
+
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+def _label(client: "redis.Redis[Any]") -> str:
+    kw = client.connection_pool.connection_kwargs
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
+    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def make_client(url: str, timeout: float) -> "redis.Redis[Any]":
+    """A client whose every wait is bounded by ``timeout`` and which never retries on its own.
+
+    Retrying belongs to the lease, which knows how much validity is left; redis-py's default
+    backoff could otherwise sleep past a lease's deadline.
+    """
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+    except ValueError as exc:
+        raise ConfigurationError("nodes", url, f"a redis:// URL ({exc})") from None
+
+
+class NodeSet:
+    """The N nodes of one lease; answers each round with one result per node, in order."""
+
+    def __init__(self, nodes: NodeSpec | Sequence[NodeSpec], timeout: float) -> None:
+        specs: list[Any] = [nodes] if isinstance(nodes, (str, redis.Redis)) else list(nodes)
+        if not specs:
+            raise ConfigurationError("nodes", nodes, "at least one Redis URL or client")
+        self.clients = [make_client(s, timeout) if isinstance(s, str) else s for s in specs]
+        for spec, client in zip(specs, self.clients):
+            if not isinstance(client, redis.Redis):
+                raise ConfigurationError("nodes", spec, "a redis:// URL or a redis.Redis client")
+        self.labels = [_label(c) for c in self.clients]
+        if len(set(self.labels)) != len(self.labels):
+            raise ConfigurationError("nodes", self.labels, "each node listed once (a duplicate counts twice)")
+        if len(self.clients) % 2 == 0:
+            raise ConfigurationError(
+                "nodes", self.labels, "an odd number of nodes (an even count tolerates no more failures than one fewer)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    @property
+    def quorum(self) -> int:
+        return len(self.clients) // 2 + 1
+
+    def eval(
+        self, script: Script, keys: Sequence[str], args: Sequence[Any], only: Sequence[int] | None = None
+    ) -> list[Any]:
+        """Run ``script`` on every node (or the indexes in ``only``); a failure is returned, not raised."""
+        indexes = range(len(self.clients)) if only is None else only
+        results: dict[int, Any] = {}
+        sent: list[tuple[int, Any]] = []
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        for i in indexes:
+            pool = self.clients[i].connection_pool
+            conn = None
+            try:
+                conn = _get_connection(pool)
+                conn.send_command(*command)
+                sent.append((i, conn))
+            except (RedisError, OSError) as exc:
+                if conn is not None:
+                    conn.disconnect()
+                    pool.release(conn)
+                results[i] = exc
+        for i, conn in sent:
+            pool = self.clients[i].connection_pool
+            try:
+                try:
+                    results[i] = conn.read_response()
+                except NoScriptError:
+                    conn.send_command("EVAL", script.source, len(keys), *keys, *args)
+                    results[i] = conn.read_response()
+            except (RedisError, OSError) as exc:
+                conn.disconnect()
+                results[i] = exc
+            finally:
+                pool.release(conn)
+        return [results[i] for i in indexes]
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.connection_pool.disconnect()
+
+
+def _get_connection(pool: Any) -> Any:
+    # redis-py >= 5.3 deprecates the command-name argument that older versions require.
+    try:
+        return pool.get_connection()
+    except TypeError:
+        return pool.get_connection("EVALSHA")
