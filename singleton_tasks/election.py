@@ -45,6 +45,71 @@ def next_wait(
     return random.uniform(0.5, 1.0) * retry_interval
 
 
+def renew_or_give_up(lease: LeaseProtocol) -> tuple[bool, str | None]:
+    """One renewal of a held lease: (whether it failed, why the lease is now given up or None).
+
+    A failed renewal is retried while more than a third of the TTL is left; past that the
+    lease is released and given up, so a leader never rides its validity to the last moment.
+    """
+    if not lease.held:
+        return True, "validity ran out"
+    if lease.renew():
+        return False, None
+    if not lease.held:
+        return True, "lease lost"
+    if lease.valid_for() <= lease.ttl / 3:
+        lease.release()
+        return True, "could not renew for two thirds of the TTL"
+    return True, None
+
+
+class LeaseKeeper:
+    """Keeps renewing a lease that is already held, until ``stop()`` or until it is lost.
+
+    ``lost`` is set (and ``on_lost`` called once, from the keeper's thread) when the lease
+    is given up; the keeper then stops. It never releases on ``stop()``: the owner does.
+    """
+
+    def __init__(
+        self, lease: LeaseProtocol, on_lost: Callback | None = None,
+        renew_interval: float | None = None, retry_interval: float | None = None,
+    ) -> None:
+        self.lease = lease
+        self.on_lost = on_lost
+        self.renew_interval = renew_interval if renew_interval is not None else lease.ttl / 3
+        self.retry_interval = retry_interval if retry_interval is not None else min(0.5, lease.ttl / 4)
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"keeper-{lease.name}", daemon=True)
+
+    def start(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        failed = False
+        while not self._stop.wait(next_wait(True, self.lease.valid_for(), self.lease.ttl,
+                                             self.renew_interval, self.retry_interval, failed)):
+            try:
+                failed, lost = renew_or_give_up(self.lease)
+            except Exception as exc:  # a failure to renew is a loss, never a silent death
+                failed, lost = True, f"renewal raised {exc!r}"
+            if lost:
+                log.warning("lease %s: lost while working: %s", self.lease.name, lost)
+                self.lost.set()
+                if self.on_lost is not None:
+                    try:
+                        self.on_lost()
+                    except Exception:
+                        log.exception("lease %s: on_lost raised", self.lease.name)
+                return
+
+
 class LeaderElector:
     """Keeps campaigning for ``lease`` in a background thread until ``stop()``."""
 
@@ -145,17 +210,9 @@ class LeaderElector:
                 self._safely(self.on_elected, "on_elected")
                 self._elected.set()
             return
-        if not self.lease.held:
-            self._step_down("validity ran out")
-            return
-        self._renew_failed = not self.lease.renew()
-        if not self._renew_failed:
-            return
-        if not self.lease.held:
-            self._step_down("lease lost")
-        elif self.lease.valid_for() <= self.lease.ttl / 3:
-            self.lease.release()
-            self._step_down("could not renew for two thirds of the TTL")
+        self._renew_failed, lost = renew_or_give_up(self.lease)
+        if lost:
+            self._step_down(lost)
 
     def _step_down(self, why: str) -> None:
         if not self._leading:

@@ -86,7 +86,8 @@ class _Grant:
 class Lease:
     """A named lease held by at most one owner at a time; see the module docstring.
 
-    ``nodes`` is a Redis URL, a ``redis.Redis`` client, or a list of an odd number of them.
+    ``nodes`` is a Redis URL, a ``redis.Redis`` client, or a list of an odd number of them
+    (or a ``NodeSet``, to share connections between leases).
     ``ttl`` is the lease lifetime in seconds; ``retry_interval`` the mean pause between
     blocking acquire attempts; ``op_timeout`` bounds each network wait.
     """
@@ -94,7 +95,7 @@ class Lease:
     def __init__(
         self,
         name: str,
-        nodes: NodeSpec | Sequence[NodeSpec],
+        nodes: NodeSet | NodeSpec | Sequence[NodeSpec],
         ttl: float = 10.0,
         *,
         prefix: str = "singleton:",
@@ -115,7 +116,7 @@ class Lease:
         if self.retry_interval <= 0:
             raise ConfigurationError("retry_interval", retry_interval, "a positive number of seconds")
         self.op_timeout = op_timeout if op_timeout is not None else min(1.0, max(0.05, self.ttl / 10))
-        self.nodes = NodeSet(nodes, self.op_timeout)
+        self.nodes = nodes if isinstance(nodes, NodeSet) else NodeSet(nodes, self.op_timeout)
         self.key = f"{prefix}{{{name}}}:lease"
         self.fence_key = f"{prefix}{{{name}}}:fence"
         self.channel = f"{prefix}{{{name}}}:released"

@@ -21,7 +21,7 @@ from .errors import ConfigurationError
 
 log = logging.getLogger("singleton_tasks.nodes")
 
-NodeSpec = Union[str, "redis.Redis[Any]", "redis.Redis"]  # a URL or a ready client
+NodeSpec = Union[str, "redis.Redis"]  # a URL or a ready client
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,14 @@ class Script:
         return hashlib.sha1(self.source.encode()).hexdigest()
 
 
-def _label(client: "redis.Redis[Any]") -> str:
+def _label(client: "redis.Redis") -> str:
     kw = client.connection_pool.connection_kwargs
     if kw.get("path"):
         return f"unix://{kw['path']}?db={kw.get('db', 0)}"
     return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
-def make_client(url: str, timeout: float) -> "redis.Redis[Any]":
+def make_client(url: str, timeout: float) -> "redis.Redis":
     """A client whose every wait is bounded by ``timeout`` and which never retries on its own.
 
     Retrying belongs to the lease, which knows how much validity is left; redis-py's default

@@ -73,7 +73,7 @@ class RedisNode:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self, **kwargs: Any) -> "redis.Redis[Any]":
+    def client(self, **kwargs: Any) -> "redis.Redis":
         return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
 
     @property

@@ -1,0 +1,210 @@
+"""``LeaderScheduler``: a drop-in Celery beat scheduler that dispatches from one replica.
+
+Run any number of ``celery beat -S singleton`` (or ``celery worker -B --scheduler singleton``)
+replicas. Guarantees:
+
+* Only the holder of the beat lease dispatches, and never after its validity deadline:
+  the lease is checked from local state right before each publish.
+* Each entry's last run and run count live in Redis, written with a fenced write (the
+  lease's token) before the publish. A new leader starts from them, so it neither repeats
+  nor skips a slot; a slot reserved but not confirmed as sent by a dead leader is sent
+  again by the next one, with the same slot id, so a singleton task runs it once.
+* Redis errors, lost leases and stale tokens make this replica stop dispatching and
+  campaign again; they never end beat. SIGTERM releases the lease at once.
+* Missed slots follow ``singleton_missed_runs``: ``coalesce`` (Celery's own behaviour: one
+  late run), ``skip`` (a run more than ``singleton_missed_grace`` seconds late is not sent),
+  or ``catch_up`` (each missed slot is sent, at most ``singleton_catch_up_limit`` in a row).
+
+Each message carries the headers ``singleton_slot`` (entry name and due time) and
+``singleton_token`` (the leader's fencing token), and a task id derived from the slot.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery.beat import Scheduler
+from celery.utils.time import maybe_make_aware
+from kombu.utils.url import maybe_sanitize_url
+
+from .conf import SLOT_HEADER, TOKEN_HEADER, settings_for
+from .election import LeaderElector
+from .errors import LeaseLost
+from .fence import FencedRecords
+from .lease import Lease
+from .nodes import NodeSet
+
+log = logging.getLogger("singleton_tasks.beat")
+
+_SLOT_NAMESPACE = uuid.UUID("5f0c1f39-5c3b-4a53-9a43-2b1f0fb2f9a1")
+
+
+def slot_task_id(slot: str) -> str:
+    """The task id of a beat slot: the same for every leader that sends that slot."""
+    return str(uuid.uuid5(_SLOT_NAMESPACE, slot))
+
+
+class LeaderScheduler(Scheduler):  # type: ignore[misc]
+    """Celery beat scheduler that dispatches only while it holds the beat lease."""
+
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        # No Redis I/O here: beat builds schedulers more than once (once lazily for the
+        # banner) and --detach closes descriptors after this runs. Election starts in tick().
+        self.settings = settings_for(app)
+        self._lease: Lease | None = None
+        self._elector: LeaderElector | None = None
+        self._records: FencedRecords | None = None
+        self._led_token: int | None = None
+        self._reserved: dict[str, tuple[str, dict[str, Any]] | None] = {}
+        self._late_in_a_row: dict[str, int] = {}
+        super().__init__(app, *args, **kwargs)
+
+    # -- election ------------------------------------------------------------------------
+
+    def _ensure_elector(self) -> LeaderElector:
+        if self._elector is None:
+            s = self.settings
+            nodes = NodeSet(list(s.redis_urls), min(1.0, s.lease_ttl / 10))
+            self._lease = Lease(s.beat_lease_name, nodes, ttl=s.lease_ttl, prefix=s.key_prefix,
+                                retry_interval=s.retry_interval)
+            self._records = FencedRecords(nodes, f"{s.key_prefix}{{{s.beat_lease_name}}}:schedule")
+            self._elector = LeaderElector(self._lease, renew_interval=s.renew_interval,
+                                          retry_interval=s.retry_interval).start()
+        return self._elector
+
+    @property
+    def is_leader(self) -> bool:
+        return self._elector is not None and self._elector.is_leader
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """One beat iteration; a follower waits (at most a retry interval) to be elected."""
+        try:
+            elector = self._ensure_elector()
+            if not elector.is_leader:
+                if self._led_token is not None:
+                    log.warning("beat: no longer the leader; not dispatching")
+                    self._led_token = None
+                elector.wait_for_leadership(self.settings.retry_interval)
+                return 0.0
+            assert self._lease is not None
+            token = self._lease.token
+            if token is None:
+                return 0.0
+            if token != self._led_token:
+                self._take_over(token)
+            delay = float(super().tick(*args, **kwargs))
+            return min(delay, self.settings.renew_interval, self._lease.valid_for())
+        except Exception as exc:  # any escape would end beat: treat it as "not leader now"
+            log.error("beat: not dispatching this tick: %s", exc, exc_info=not isinstance(exc, LeaseLost))
+            self._heap = None  # a half-done tick may have popped an entry from the heap
+            self._led_token = None  # re-read the shared state before dispatching again
+            return self.settings.retry_interval
+
+    def _take_over(self, token: int) -> None:
+        """Start leading: adopt the shared schedule state and send what a dead leader reserved."""
+        assert self._records is not None
+        records = self._records.read_all()
+        log.info("beat: leading with token %d (%d entries with shared state)", token, len(records))
+        for name, entry in self.schedule.items():
+            record = records.get(name)
+            if record is None:
+                continue
+            entry.last_run_at = maybe_make_aware(datetime.fromisoformat(record["last_run_at"]))
+            entry.total_run_count = int(record["total_run_count"])
+        self._led_token = token
+        self._heap = None
+        for name, entry in list(self.schedule.items()):
+            record = records.get(name)
+            if record and record.get("pending"):
+                log.info("beat: sending slot %s that the previous leader reserved", record["pending"])
+                self._send(entry, record["pending"], self._record(entry, None))
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def reserve(self, entry: Any) -> Any:
+        """Advance ``entry`` to its next slot and record that in Redis before any publish."""
+        if self._lease is None or self._lease.token is None or self._lease.token != self._led_token:
+            raise LeaseLost("beat lease not held")
+        now = entry.default_now()
+        due = self._due_time(entry, now)
+        slot = f"{entry.name}@{int(due.timestamp() * 1000)}"
+        late = (now - due).total_seconds()
+        new_entry = next(entry)
+        send = True
+        policy = self.settings.missed_runs
+        if policy == "skip" and late > self.settings.missed_grace:
+            send = False
+            new_entry.total_run_count = entry.total_run_count
+            log.warning("beat: skipping %s, %.1fs late (singleton_missed_runs='skip')", slot, late)
+        elif policy == "catch_up":
+            streak = self._late_in_a_row.get(entry.name, 0) + 1 if late > self.settings.missed_grace else 0
+            if streak < self.settings.catch_up_limit:
+                new_entry.last_run_at = due  # the next slot follows this one, not "now"
+            elif streak:
+                log.warning("beat: %s reached singleton_catch_up_limit=%d; older missed runs are dropped",
+                            entry.name, self.settings.catch_up_limit)
+                streak = 0
+            self._late_in_a_row[entry.name] = streak
+        record = self._record(new_entry, slot if send else None)
+        self._records.write(self._led_token, entry.name, record)  # type: ignore[union-attr]
+        self.schedule[entry.name] = new_entry
+        self._reserved[entry.name] = (slot, record) if send else None
+        return new_entry
+
+    def apply_entry(self, entry: Any, producer: Any = None) -> None:
+        reserved = self._reserved.pop(entry.name, None)
+        if reserved is not None:
+            self._send(entry, *reserved, producer=producer)
+
+    def _send(self, entry: Any, slot: str, record: dict[str, Any], producer: Any = None) -> None:
+        lease, token = self._lease, self._led_token
+        if lease is None or token is None or lease.token != token:
+            log.warning("beat: not sending %s: no longer the leader (the next leader will)", slot)
+            return
+        options = dict(entry.options)
+        options["headers"] = {**(options.get("headers") or {}), SLOT_HEADER: slot, TOKEN_HEADER: token}
+        options.setdefault("task_id", slot_task_id(slot))
+        to_send = copy.copy(entry)
+        to_send.options = options
+        log.info("beat: sending %s (%s) token %d", slot, entry.task, token)
+        self.apply_async(to_send, producer=producer or self.producer, advance=False)
+        self._records.write(token, entry.name, {**record, "pending": None})  # type: ignore[union-attr]
+
+    @staticmethod
+    def _due_time(entry: Any, now: datetime) -> datetime:
+        """The nominal time of the slot being run: what makes its id the same on every leader."""
+        try:
+            remaining: timedelta = entry.schedule.remaining_estimate(entry.last_run_at)
+        except (AttributeError, NotImplementedError, TypeError):
+            return now
+        return now + remaining
+
+    @staticmethod
+    def _record(entry: Any, pending: str | None) -> dict[str, Any]:
+        return {
+            "last_run_at": maybe_make_aware(entry.last_run_at).isoformat(),
+            "total_run_count": entry.total_run_count,
+            "pending": pending,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Hand over at once: stop the elector and release the lease. Idempotent."""
+        elector, self._elector = self._elector, None
+        if elector is not None:
+            elector.stop(release=True)
+            log.info("beat: released the beat lease")
+        super().close()
+
+    @property
+    def info(self) -> str:
+        s = self.settings
+        nodes = ", ".join(maybe_sanitize_url(u) for u in s.redis_urls)
+        role = "leader" if self.is_leader else "follower (campaigning)"
+        return (f"    . singleton lease -> {s.key_prefix}{{{s.beat_lease_name}}} ttl={s.lease_ttl:g}s "
+                f"renew={s.renew_interval:.3g}s\n    . singleton nodes -> {nodes}\n    . singleton role -> {role}")

@@ -1,0 +1,220 @@
+"""Singleton tasks: at most one run of a task (per key) at a time, across every worker.
+
+Guarantees:
+
+* The check happens when the task *executes*, so ``delay``, ``send_task``, beat, retries
+  and redeliveries all go through it.
+* While the body runs the lease is renewed in the background. ``self.singleton`` gives the
+  body its fencing token, ``valid_for()``, ``checkpoint()`` and ``guard(budget)``; after the
+  lease is lost, the next checkpoint or guard raises ``LeaseLost`` and the run ends quietly
+  (acked, not retried by this node), logged and signalled through ``lease_lost``.
+* The lease is released in every outcome (success, failure, retry, ``LeaseLost``); if the
+  worker is killed, it expires after its TTL.
+* A beat slot (headers set by ``LeaderScheduler``) runs at most once, even if its message
+  is delivered twice.
+
+Not guaranteed: that the body stops by itself when the lease is lost. Stopping is
+cooperative: call ``checkpoint()`` or use ``guard()`` before each call that must not be
+made twice, and pass ``token`` to a resource that checks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, Callable, Iterator, TypeVar
+
+from celery import Task, shared_task
+from celery.exceptions import Ignore
+from celery.utils.dispatch import Signal
+
+from .conf import ON_BUSY_POLICIES, SLOT_HEADER, settings_for
+from .election import LeaseKeeper
+from .errors import ConfigurationError, LeaseError, LeaseLost, SingletonError
+from .fence import claim_once
+from .lease import Lease
+from .nodes import NodeSet
+
+log = logging.getLogger("singleton_tasks.task")
+
+#: Sent when a running singleton task loses its lease: sender=task, name=lease name, token.
+lease_lost = Signal(name="singleton_lease_lost", providing_args={"name", "token"})
+
+
+
+class TaskBusy(SingletonError):
+    """Another run of the same singleton task holds the lease (``on_busy="raise"``)."""
+
+
+class LeaseLostIgnore(LeaseLost, Ignore):  # type: ignore[misc]
+    """``LeaseLost`` inside a task: Celery acks the message quietly and does not retry it."""
+
+
+class SkippedRun(Ignore):  # type: ignore[misc]
+    """The run was skipped (busy, or a beat slot that already ran): acked quietly."""
+
+
+_nodesets: dict[tuple[int, tuple[str, ...]], NodeSet] = {}
+
+
+def _nodes_for(urls: tuple[str, ...], timeout: float) -> NodeSet:
+    # One connection set per process: pools must not cross a fork (prefork pool).
+    key = (os.getpid(), urls)
+    if key not in _nodesets:
+        _nodesets[key] = NodeSet(list(urls), timeout)
+    return _nodesets[key]
+
+
+class SingletonRun:
+    """What a running singleton task may ask of its lease. One per run."""
+
+    def __init__(self, lease: Lease, keeper: LeaseKeeper) -> None:
+        self._lease = lease
+        self._keeper = keeper
+
+    @property
+    def name(self) -> str:
+        return self._lease.name
+
+    @property
+    def token(self) -> int:
+        """The fencing token of this run's grant; pass it to the resource you call."""
+        token = self._lease.token
+        if token is None:
+            raise LeaseLostIgnore(f"lease {self._lease.name} is no longer held")
+        return token
+
+    def valid_for(self) -> float:
+        """Seconds this run is still guaranteed to be the only one (no I/O)."""
+        return 0.0 if self._keeper.lost.is_set() else self._lease.valid_for()
+
+    def checkpoint(self) -> int:
+        """Renew now and confirm the lease is still ours; returns the token or raises ``LeaseLost``.
+
+        A renewal that fails only because nodes did not answer keeps the run going while the
+        old validity lasts; ``guard()`` adds the check that enough of it is left.
+        """
+        renewed = not self._keeper.lost.is_set() and self._lease.renew()
+        if not renewed and (self._keeper.lost.is_set() or not self._lease.held):
+            raise LeaseLostIgnore(f"lease {self._lease.name} was lost")
+        return self.token
+
+    @contextlib.contextmanager
+    def guard(self, budget: float) -> Iterator[int]:
+        """Start a call only if the lease stays valid for at least ``budget`` seconds.
+
+        Renews first; yields the token; raises ``LeaseLost`` instead of starting the call.
+        """
+        token = self.checkpoint()
+        if self.valid_for() < budget:
+            raise LeaseLostIgnore(
+                f"lease {self._lease.name}: {self.valid_for():.3f}s left, less than the call's budget of {budget}s"
+            )
+        yield token
+
+
+class SingletonTask(Task):  # type: ignore[misc]
+    """Base class of singleton tasks; use with ``app.task(base=SingletonTask)`` or subclass.
+
+    Class options: ``singleton_key`` (callable of the task's arguments, or None for one
+    lease per task name), ``singleton_ttl``, ``singleton_on_busy`` (``skip``, ``retry``,
+    ``raise``); unset ones come from the app's settings.
+    """
+
+    abstract = True
+    singleton_key: Callable[..., Any] | None = None
+    singleton_ttl: float | None = None
+    singleton_on_busy: str | None = None
+
+    @property
+    def singleton(self) -> SingletonRun:
+        """This run's lease handle (only inside the running body)."""
+        run = getattr(self.request, "singleton", None)
+        if run is None:
+            raise SingletonError(f"{self.name}: self.singleton is only available while the task runs")
+        return run  # type: ignore[no-any-return]
+
+    def singleton_lease_name(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if self.singleton_key is None:
+            return str(self.name)
+        return f"{self.name}:{self.singleton_key(*args, **kwargs)}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        settings = settings_for(self.app)
+        ttl = self.singleton_ttl or settings.task_ttl
+        nodes = _nodes_for(settings.redis_urls, min(1.0, ttl / 10))
+        headers = self.request.headers or {}
+        slot = headers.get(SLOT_HEADER) or getattr(self.request, SLOT_HEADER, None)
+        if slot and not claim_once(nodes, f"{settings.key_prefix}{{slot:{slot}}}:done", settings.slot_memory):
+            log.info("%s: beat slot %s already ran; this delivery is skipped", self.name, slot)
+            raise SkippedRun(f"slot {slot} already ran")
+        lease = Lease(self.singleton_lease_name(args, kwargs), nodes, ttl=ttl, prefix=settings.key_prefix)
+        if not lease.acquire(blocking=False):
+            return self._busy(lease, settings.on_busy, settings.busy_retry_countdown)
+        token = lease.token
+        keeper = LeaseKeeper(lease, on_lost=lambda: lease_lost.send(sender=self, name=lease.name, token=token)).start()
+        self.request.singleton = SingletonRun(lease, keeper)
+        try:
+            return super().__call__(*args, **kwargs)
+        except LeaseLost as exc:
+            log.warning("%s: stopped, lease %s lost: %s", self.name, lease.name, exc)
+            if not isinstance(exc, Ignore):
+                raise LeaseLostIgnore(str(exc)) from exc
+            raise
+        finally:
+            keeper.stop()
+            lease.release()
+            self.request.singleton = None
+
+    def _busy(self, lease: Lease, default: str, countdown: float) -> Any:
+        policy = self.singleton_on_busy or default
+        log.info("%s: lease %s is busy (%s)", self.name, lease.name, policy)
+        if policy == "retry":
+            raise self.retry(countdown=countdown)
+        if policy == "raise":
+            raise TaskBusy(f"{self.name}: another run holds lease {lease.name}")
+        raise SkippedRun(f"lease {lease.name} is busy")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _check_options(key: Any, ttl: Any, on_busy: Any) -> None:
+    if key is not None and not callable(key):
+        raise ConfigurationError("key", key, "a callable taking the task's arguments, or None")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl < 0.5):
+        raise ConfigurationError("ttl", ttl, "a number of seconds >= 0.5")
+    if on_busy is not None and on_busy not in ON_BUSY_POLICIES:
+        raise ConfigurationError("on_busy", on_busy, "one of " + ", ".join(map(repr, ON_BUSY_POLICIES)))
+
+
+def singleton_task(
+    fun: Callable[..., Any] | None = None,
+    *,
+    app: Any = None,
+    key: Callable[..., Any] | None = None,
+    ttl: float | None = None,
+    on_busy: str | None = None,
+    **options: Any,
+) -> Any:
+    """Declare a singleton task: ``@singleton_task`` or ``@singleton_task(app=app, key=..., ...)``.
+
+    Without ``app`` it behaves like ``shared_task``. With ``app``, the task's base is
+    ``SingletonTask`` combined with ``app.Task``, so a custom base (Flask's ``FlaskTask``)
+    keeps working. The function is bound: its first argument is the task. Options are
+    checked when the decorator is applied.
+    """
+    _check_options(key, ttl, on_busy)
+    options.setdefault("bind", True)
+    attrs = {"singleton_key": staticmethod(key) if key else None, "singleton_ttl": ttl, "singleton_on_busy": on_busy}
+
+    def create(function: Callable[..., Any]) -> Any:
+        if app is None:
+            return shared_task(base=SingletonTask, **attrs, **options)(function)
+        base = options.pop("base", None) or app.Task
+        if not issubclass(base, SingletonTask):
+            base = type(f"Singleton{base.__name__}", (SingletonTask, base), {"abstract": True})
+        return app.task(base=base, **attrs, **options)(function)
+
+    return create(fun) if fun is not None else create
