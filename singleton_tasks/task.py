@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from typing import Any, Callable, Iterator, TypeVar
 
 from celery import Task, shared_task
@@ -69,9 +70,18 @@ def _nodes_for(urls: tuple[str, ...], timeout: float) -> NodeSet:
 class SingletonRun:
     """What a running singleton task may ask of its lease. One per run."""
 
-    def __init__(self, lease: Lease, keeper: LeaseKeeper) -> None:
+    def __init__(self, task: Task, lease: Lease) -> None:
+        self._task = task
         self._lease = lease
-        self._keeper = keeper
+        self._token = lease.token
+        self._reported = threading.Lock()
+        self._keeper = LeaseKeeper(lease, on_lost=self.report_lost)
+
+    def report_lost(self) -> None:
+        """Log and signal the loss, once per run, whoever noticed it first."""
+        if self._reported.acquire(blocking=False):
+            log.warning("%s: lease %s (token %s) lost while running", self._task.name, self._lease.name, self._token)
+            lease_lost.send(sender=self._task, name=self._lease.name, token=self._token)
 
     @property
     def name(self) -> str:
@@ -152,18 +162,17 @@ class SingletonTask(Task):  # type: ignore[misc]
         lease = Lease(self.singleton_lease_name(args, kwargs), nodes, ttl=ttl, prefix=settings.key_prefix)
         if not lease.acquire(blocking=False):
             return self._busy(lease, settings.on_busy, settings.busy_retry_countdown)
-        token = lease.token
-        keeper = LeaseKeeper(lease, on_lost=lambda: lease_lost.send(sender=self, name=lease.name, token=token)).start()
-        self.request.singleton = SingletonRun(lease, keeper)
+        run = self.request.singleton = SingletonRun(self, lease)
+        run._keeper.start()
         try:
             return super().__call__(*args, **kwargs)
         except LeaseLost as exc:
-            log.warning("%s: stopped, lease %s lost: %s", self.name, lease.name, exc)
+            run.report_lost()
             if not isinstance(exc, Ignore):
                 raise LeaseLostIgnore(str(exc)) from exc
             raise
         finally:
-            keeper.stop()
+            run._keeper.stop()
             lease.release()
             self.request.singleton = None
 
