@@ -33,7 +33,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from .conf import SLOT_HEADER, TOKEN_HEADER, settings_for
 from .election import LeaderElector
-from .errors import LeaseLost
+from .errors import LeaseLost, SingletonError, StaleToken
 from .fence import FencedRecords
 from .lease import Lease
 from .nodes import NodeSet
@@ -99,7 +99,9 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             delay = float(super().tick(*args, **kwargs))
             return min(delay, self.settings.renew_interval, self._lease.valid_for())
         except Exception as exc:  # any escape would end beat: treat it as "not leader now"
-            log.error("beat: not dispatching this tick: %s", exc, exc_info=not isinstance(exc, LeaseLost))
+            log.error("beat: not dispatching this tick: %s", exc, exc_info=not isinstance(exc, SingletonError))
+            if isinstance(exc, StaleToken) and self._lease is not None:
+                self._lease.release()  # a newer leader wrote the schedule: step down now
             self._heap = None  # a half-done tick may have popped an entry from the heap
             self._led_token = None  # re-read the shared state before dispatching again
             return self.settings.retry_interval

@@ -1,0 +1,45 @@
+"""A Celery app for the worker process tests (see test_task_workers.py).
+
+SINGLETON_TEST_BROKER: broker URL.  SINGLETON_TEST_NODES: lease node URLs (comma-separated).
+SINGLETON_TEST_LOG: Redis URL where tasks record what ran.
+"""
+
+import os
+import time
+
+import redis
+from celery import Celery
+from celery.signals import task_retry
+
+from singleton_tasks import singleton_task
+
+app = Celery("workapp")
+app.conf.update(
+    broker_url=os.environ["SINGLETON_TEST_BROKER"],
+    singleton_redis_url=os.environ["SINGLETON_TEST_NODES"].split(","),
+    singleton_task_ttl=float(os.environ.get("SINGLETON_TEST_TASK_TTL", "2")),
+    singleton_busy_retry_countdown=0.1,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+)
+record = redis.Redis.from_url(os.environ["SINGLETON_TEST_LOG"])
+
+
+@task_retry.connect
+def count_retries(request=None, **_):
+    record.incr("retries")
+
+
+@singleton_task(app=app, name="workapp.work", key=lambda job, seconds=0: job, on_busy="retry", max_retries=None)
+def work(self, job, seconds=0.3):
+    record.rpush("started", f"{job}|{os.getpid()}|{time.monotonic():.6f}|{self.singleton.token}")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        self.singleton.checkpoint()
+        time.sleep(0.02)
+    record.rpush("finished", f"{job}|{os.getpid()}|{time.monotonic():.6f}")
+
+
+@singleton_task(app=app, name="workapp.whoami", key=lambda pool, worker: worker)
+def whoami(self, pool, worker):
+    record.rpush("pools", f"{pool}|{self.singleton.token}|{self.singleton.name}")

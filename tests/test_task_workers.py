@@ -1,0 +1,115 @@
+"""Singleton tasks across real ``celery worker`` processes on the prefork, threads and solo pools."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from singleton_tasks import Lease
+
+APPS = Path(__file__).parent / "apps"
+CELERY = [sys.executable, "-m", "celery", "-A", "workapp"]
+POOLS = {"w1": ["-P", "prefork", "-c", "1"], "w2": ["-P", "threads", "-c", "2"],
+         "w3": ["-P", "solo"], "w4": ["-P", "prefork", "-c", "1"]}
+TASK_TTL = 2.0
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+@pytest.fixture
+def cluster(redis_nodes_factory, tmp_path):
+    nodes = redis_nodes_factory(3)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(APPS),
+        SINGLETON_TEST_BROKER=nodes[0].url[:-1] + "1",
+        SINGLETON_TEST_NODES=",".join(nodes.urls),
+        SINGLETON_TEST_LOG=nodes[0].url[:-1] + "2",
+        SINGLETON_TEST_TASK_TTL=str(TASK_TTL),
+    )
+    workers: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+    for name, pool in POOLS.items():
+        logs[name] = tmp_path / f"{name}.log"
+        workers[name] = subprocess.Popen(
+            [*CELERY, "worker", *pool, "-n", f"{name}@%h", "-Q", f"celery,{name}", "-l", "info", "--without-gossip",
+             "--without-mingle", "--without-heartbeat"],
+            env=env, stdout=logs[name].open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        for name in POOLS:
+            wait_for(lambda: b" ready." in logs[name].read_bytes(), 60, f"worker {name} ready")
+        producer = Celery("producer", broker=env["SINGLETON_TEST_BROKER"], set_as_current=False)
+
+        def send(task: str, *args, queue: str = "celery") -> None:
+            producer.send_task(task, args, queue=queue)
+
+        yield nodes, workers, redis.Redis.from_url(env["SINGLETON_TEST_LOG"]), send
+    except BaseException:
+        for name, path in logs.items():
+            print(f"--- {name} log tail ---\n{path.read_text(errors='replace')[-3000:]}")
+        raise
+    finally:
+        for proc in workers.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
+
+
+
+
+def test_one_body_at_a_time_across_four_workers_and_three_pools(cluster) -> None:
+    nodes, workers, log, send = cluster
+    for name in POOLS:
+        send("workapp.whoami", POOLS[name][1], name, queue=name)
+    pools = wait_for(lambda: len(log.lrange("pools", 0, -1)) == 4 and log.lrange("pools", 0, -1), 30, "whoami")
+    assert sorted(p.split(b"|")[0] for p in pools) == [b"prefork", b"prefork", b"solo", b"threads"]
+
+    runs = 8
+    for _ in range(runs):
+        send("workapp.work", "same", 0.3)
+    wait_for(lambda: log.llen("finished") == runs, 90, "all runs finished")
+    started = [row.split(b"|") for row in log.lrange("started", 0, -1)]
+    finished = [row.split(b"|") for row in log.lrange("finished", 0, -1)]
+    assert len(started) == runs
+    spans = sorted(zip((float(s[2]) for s in started), (float(f[2]) for f in finished)))
+    for (start_a, end_a), (start_b, _) in zip(spans, spans[1:]):
+        assert start_b >= end_a, f"two bodies overlapped: one ran until {end_a}, the next began at {start_b}"
+    tokens = [int(s[3]) for s in started]
+    assert tokens == sorted(tokens) and len(set(tokens)) == runs, "each run had its own, larger token"
+    assert int(log.get("retries") or 0) > 0, "the workers really did contend: busy runs were retried"
+
+
+def test_a_sigkilled_worker_lease_expires_within_its_ttl(cluster) -> None:
+    nodes, workers, log, send = cluster
+    send("workapp.work", "long", 60, queue="w3")
+    wait_for(lambda: log.llen("started") == 1, 30, "long task started")
+    lease = Lease("workapp.work:long", nodes.urls)
+    holder = lease.holder()
+    assert holder is not None and holder["pid"] == workers["w3"].pid, "the solo worker holds the lease"
+    os.killpg(workers["w3"].pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    workers["w3"].wait(10)
+    wait_for(lambda: lease.holder() is None, TASK_TTL + 1.0, "lease expired after the SIGKILL")
+    freed_after = time.monotonic() - killed_at
+    assert freed_after <= TASK_TTL + 0.5, f"lease held {freed_after:.2f}s after the worker died"
+    send("workapp.work", "long", 0.1)
+    wait_for(lambda: log.llen("finished") == 1, 30, "another worker ran the job")
