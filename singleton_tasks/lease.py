@@ -116,6 +116,7 @@ class Lease:
         if self.retry_interval <= 0:
             raise ConfigurationError("retry_interval", retry_interval, "a positive number of seconds")
         self.op_timeout = op_timeout if op_timeout is not None else min(1.0, max(0.05, self.ttl / 10))
+        self._owns_nodes = not isinstance(nodes, NodeSet)
         self.nodes = nodes if isinstance(nodes, NodeSet) else NodeSet(nodes, self.op_timeout)
         self.key = f"{prefix}{{{name}}}:lease"
         self.fence_key = f"{prefix}{{{name}}}:fence"
@@ -245,9 +246,10 @@ class Lease:
         return stop
 
     def close(self) -> None:
-        """Release the lease if held and drop the node connections."""
+        """Release the lease if held and drop the connections it opened (not a shared NodeSet's)."""
         self.release()
-        self.nodes.close()
+        if self._owns_nodes:
+            self.nodes.close()
 
     def __enter__(self) -> "Lease":
         if not self.acquire():
@@ -275,7 +277,7 @@ class Lease:
             deadline = validity_deadline(started, self.ttl)
             replies = self.nodes.eval(scripts.ACQUIRE, [self.key, self.fence_key], [owner, self._ttl_ms])
             self._log_failures("acquire", replies)
-            granted = {i: r[1] for i, r in enumerate(replies) if isinstance(r, list) and r[0] == 1}
+            granted = {i: (r[1], r[2] == 1) for i, r in enumerate(replies) if isinstance(r, list) and r[0] == 1}
             if len(granted) < self.nodes.quorum:
                 self._release_owner(owner, announce=False)
                 return False
@@ -284,13 +286,17 @@ class Lease:
             except MalformedLeaseValue:
                 self._release_owner(owner, announce=False)
                 raise
-            confirmed = self.nodes.eval(
-                scripts.CONFIRM, [self.key, self.fence_key], [owner, token], only=list(granted)
-            )
-            self._log_failures("confirm", confirmed, list(granted))
-            for i, reply in zip(granted, confirmed):
-                if reply == -1:
-                    log.error("%s", MalformedLeaseValue(self.fence_key, "(not a number)", self.nodes.labels[i]))
+            if all(raised and int(fence) == token for fence, raised in granted.values()):
+                # Round 1 already recorded this token on every granting node, a majority.
+                confirmed = [1] * len(granted)
+            else:
+                confirmed = self.nodes.eval(
+                    scripts.CONFIRM, [self.key, self.fence_key], [owner, token], only=list(granted)
+                )
+                self._log_failures("confirm", confirmed, list(granted))
+                for i, reply in zip(granted, confirmed):
+                    if reply == -1:
+                        log.error("%s", MalformedLeaseValue(self.fence_key, "(not a number)", self.nodes.labels[i]))
             if sum(1 for r in confirmed if r == 1) < self.nodes.quorum or self._clock() >= deadline:
                 self._release_owner(owner, announce=False)
                 return False
@@ -298,9 +304,16 @@ class Lease:
             log.debug("lease %s: acquired, token %d, valid %.3fs", self.name, token, deadline - self._clock())
             return True
 
-    def _next_token(self, granted: dict[int, bytes]) -> int:
-        fences = {i: self._parse_fence(f, i) for i, f in granted.items() if f}
-        token = max(fences.values(), default=0) + 1
+    def _next_token(self, granted: dict[int, tuple[bytes, bool]]) -> int:
+        # Round 1 raised every granting node's fence by one. The largest exceeds every token
+        # granted before: that grant wrote its token to a majority, which meets this one.
+        fences: dict[int, int] = {}
+        for i, (fence, raised) in granted.items():
+            if fence and not raised:
+                raise MalformedLeaseValue(self.fence_key, fence, self.nodes.labels[i])
+            if fence:
+                fences[i] = self._parse_fence(fence, i)
+        token = max(fences.values(), default=1)
         if len(fences) < self.nodes.quorum:
             # Too few nodes that granted remember any history: it may have been wiped.
             floor = int(self._wall_clock() * 1_000_000)

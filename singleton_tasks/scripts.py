@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from .nodes import Script
 
-#: Round 1 of an acquire: take the lease if it is free and report the node's fence unchanged.
+#: Round 1 of an acquire: take the lease if it is free and, with it, raise the node's fence by one.
 #: KEYS: lease, fence.  ARGV: owner, ttl_ms.
-#: Returns {1, fence or ''} when taken ('' = no fence: the node is new or lost its data),
-#: {0, current owner} when held by someone else.
+#: Returns {1, raised fence, 1} when taken; {1, '', 0} when taken on a node without a fence
+#: (new, or it lost its data); {1, raw value, 0} when the fence is not an integer (left as it
+#: is); {0, current owner} when held by someone else.
 ACQUIRE = Script(
     """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, redis.call('GET', KEYS[2]) or ''}
+  local fence = redis.call('GET', KEYS[2])
+  if not fence then return {1, '', 0} end
+  if type(redis.pcall('INCR', KEYS[2])) == 'number' then  -- not a table: no error
+    return {1, redis.call('GET', KEYS[2]), 1}  -- the exact digits, not a Lua double
+  end
+  return {1, fence, 0}
 end
 return {0, redis.call('GET', KEYS[1]) or ''}
 """
