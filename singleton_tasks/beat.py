@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery.beat import Scheduler
+from celery.signals import beat_embedded_init
 from celery.utils.time import maybe_make_aware
 from kombu.utils.url import maybe_sanitize_url
 
@@ -39,6 +41,16 @@ from .lease import Lease
 from .nodes import NodeSet
 
 log = logging.getLogger("singleton_tasks.beat")
+
+#: The pid of the worker that forked this embedded beat (``worker -B``), else None.
+_embedded_in: int | None = None
+
+
+@beat_embedded_init.connect  # type: ignore[untyped-decorator]
+def _remember_worker(**_: Any) -> None:
+    global _embedded_in
+    _embedded_in = os.getppid()
+
 
 _SLOT_NAMESPACE = uuid.UUID("5f0c1f39-5c3b-4a53-9a43-2b1f0fb2f9a1")
 
@@ -82,6 +94,12 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One beat iteration; a follower waits (at most a retry interval) to be elected."""
+        if _embedded_in is not None and os.getppid() != _embedded_in:
+            # worker -B forks beat into a child; if the worker died, nothing consumes what we
+            # send, so an orphaned beat must give the lease to a live node and exit.
+            log.error("beat: the worker that embedded this beat is gone; releasing and exiting")
+            self.close()
+            raise SystemExit(1)
         try:
             elector = self._ensure_elector()
             if not elector.is_leader:
@@ -199,8 +217,9 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         """Hand over at once: stop the elector and release the lease. Idempotent."""
         elector, self._elector = self._elector, None
         if elector is not None:
+            was_leader = elector.is_leader
             elector.stop(release=True)
-            log.info("beat: released the beat lease")
+            log.info("beat: %s", "released the beat lease" if was_leader else "stopped campaigning")
         super().close()
 
     @property

@@ -204,8 +204,10 @@ class Lease:
     def holder(self) -> dict[str, Any] | None:
         """Who holds the lease now, read from the nodes: host, pid, id, token and ttl (s).
 
-        None when no owner is recorded on a majority of nodes. Raises ``LeaseError`` when a
-        majority cannot be read, ``MalformedLeaseValue`` for a value this library never writes.
+        None when no owner is recorded on a majority of nodes. The token is the highest fence
+        those nodes hold: while a grant is being recorded it can still show the previous one.
+        Raises ``LeaseError`` when a majority cannot be read, ``MalformedLeaseValue`` for a value
+        this library never writes.
         """
         replies = self.nodes.eval(scripts.INSPECT, [self.key, self.fence_key], [])
         self._log_failures("inspect", replies)
