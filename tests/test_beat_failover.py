@@ -127,7 +127,6 @@ class Cluster:
             "SINGLETON_TEST_LOG": f"{base}/2",
             "SINGLETON_TEST_TTL": str(TTL),
             "SINGLETON_TEST_EVERY": str(PERIOD),
-            "SINGLETON_TEST_EXIT_ORPHANED_BEAT": "1",
         }
         self.log = node.client(db=2)
         self.lease_db = node.client(db=0)
@@ -389,9 +388,7 @@ def test_worker_embedded_beats_fail_over(cluster: Cluster, procs: Procs) -> None
     # and only thread=True gives a thread. So the lease holder's pid is that child, and its
     # parent is the worker. A node crash is SIGKILL to the worker's whole process group
     # (each worker runs in its own session: the group is the worker and its beat child).
-    # Killing only the worker's main pid leaves the beat child running as an orphan, still
-    # leading and sending (checked by hand with celery 5.7); that is a different fault, and
-    # beatapp's SINGLETON_TEST_EXIT_ORPHANED_BEAT only bounds such leftovers to ~5 s.
+    # Killing only the worker's main pid is a different fault: see test_orphaned_embedded_beat.
     # Three nodes: the SIGTERM handover needs a standby, and the SIGKILL then another one.
     workers = [procs.worker(f"node{i}", "-B", "--scheduler", "singleton",
                             "-s", str(procs.dir / f"node{i}.schedule")) for i in range(3)]
@@ -448,6 +445,35 @@ def test_worker_embedded_beats_fail_over(cluster: Cluster, procs: Procs) -> None
     print(f"\nworker -B: takeover after SIGTERM {term.takeover:.3f}s, after SIGKILL {crash.takeover:.3f}s "
           f"(key had {crash.before.ttl:.3f}s left); run gaps across them {term_gap:.3f}s / {crash_gap:.3f}s; "
           f"largest gap {biggest[0]:.3f}s (bound {bound}s); {len(runs)} runs, lost {sorted(lost)}")
+
+
+def test_orphaned_embedded_beat_hands_over_and_exits(cluster: Cluster, procs: Procs) -> None:
+    # SIGKILL to the worker's main pid alone: Celery neither stops nor joins the forked beat
+    # child, which would lead on as an orphan, sending tasks nobody on its node consumes.
+    # The scheduler notices its parent changed, releases the lease and exits.
+    workers = [procs.worker(f"node{i}", "-B", "--scheduler", "singleton",
+                            "-s", str(procs.dir / f"node{i}.schedule")) for i in range(2)]
+    by_pid = {w.pid: w for w in workers}
+
+    def leader() -> Leader | None:
+        holder = cluster.holder()
+        if holder is None:
+            return None
+        worker = by_pid.get(parent_pid(holder["pid"]) or -1)
+        return Leader(worker, holder["pid"], int(holder["token"]), holder["ttl"]) if worker else None
+
+    wait_for(lambda: cluster.campaigners() == 2, START_TIMEOUT, "2 embedded beats campaigning")
+    first = wait_for(leader, START_TIMEOUT, "an embedded beat to hold the lease")
+    cluster.wait_runs_with_token(first.token, 2, START_TIMEOUT)
+    a = first.proc
+    fault = inject(cluster, leader, a, lambda: a.send(signal.SIGKILL), TTL + 10, f"SIGKILL to {a.name} alone")
+    assert a.wait(10) == -signal.SIGKILL
+    wait_for(lambda: is_dead(fault.before.pid), 5, "the orphaned beat child to exit")
+    assert fault.released, f"the orphan should have released, not let the key expire: {fault.key_events}"
+    assert fault.takeover < TTL, f"takeover took {fault.takeover:.3f}s: the orphan did not hand over"
+    cluster.wait_runs_with_token(fault.after.token, 2)
+    check_slots(sorted(cluster.runs(), key=lambda r: r.at))
+    print(f"\norphaned worker -B beat: handed over {fault.takeover:.3f}s after its worker was SIGKILLed")
 
 
 # -- 3. a slot delivered twice runs once ----------------------------------------------------

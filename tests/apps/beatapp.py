@@ -3,17 +3,14 @@
 SINGLETON_TEST_BROKER: broker URL.  SINGLETON_TEST_NODES: comma-separated lease node URLs.
 SINGLETON_TEST_LOG: Redis URL where tasks record what ran.
 Optional: SINGLETON_TEST_TTL (beat lease TTL, 2 s), SINGLETON_TEST_TASK_TTL (5 s),
-SINGLETON_TEST_EVERY (the ``tick`` period, 1 s), SINGLETON_TEST_EXIT_ORPHANED_BEAT=1
-(the beat process that ``worker -B`` forks exits 5 s after its worker is gone, so a test
-run that is itself killed leaves no orphaned beat behind).
+SINGLETON_TEST_EVERY (the ``tick`` period, 1 s).
 """
 
 import os
-import threading
 import time
 
 import redis
-from celery import Celery, signals
+from celery import Celery
 
 from singleton_tasks import singleton_task
 
@@ -31,24 +28,6 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 record = redis.Redis.from_url(os.environ["SINGLETON_TEST_LOG"])
-
-
-if os.environ.get("SINGLETON_TEST_EXIT_ORPHANED_BEAT"):
-    @signals.beat_embedded_init.connect
-    def _exit_when_orphaned(**_kwargs):
-        # Celery neither stops nor joins an embedded beat whose worker is gone: after a
-        # SIGKILL to the worker alone it runs on (and leads) as an orphan. Not a kernel
-        # parent-death signal: a SIGTERMed worker exits without waiting for its beat, whose
-        # close() (the lease release) must be allowed to finish; hence the 5 s grace.
-        worker = os.getppid()
-
-        def watch():
-            while os.getppid() == worker:
-                time.sleep(0.5)
-            time.sleep(5)
-            os._exit(1)
-
-        threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 @singleton_task(app=app, name="beatapp.tick")
