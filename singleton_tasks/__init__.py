@@ -4,7 +4,7 @@ The public API, by layer (each layer uses only the ones above it):
 
 * lease: ``Lease`` (a quorum lease over Redis with fencing tokens), ``LeaseProtocol``
 * election: ``LeaderElector`` (campaign, lead, step down), ``LeaseKeeper`` (keep a held lease)
-* fencing: ``FencedRecords``, ``claim_once``
+* fencing: ``FencedRecords``, ``claim_attempt``
 * Celery: ``singleton_task``, ``SingletonTask``, ``LeaderScheduler``, ``lease_lost``,
   ``Settings``, ``settings_for``
 * errors: ``SingletonError`` > ``ConfigurationError``, ``LeaseError`` > ``LeaseLost``,
@@ -13,7 +13,7 @@ The public API, by layer (each layer uses only the ones above it):
 
 from .election import LeaderElector, LeaseKeeper
 from .errors import ConfigurationError, LeaseError, LeaseLost, MalformedLeaseValue, SingletonError, StaleToken
-from .fence import FencedRecords, claim_once
+from .fence import FencedRecords, claim_attempt
 from .lease import Lease, LeaseProtocol
 
 # The Celery layer is imported last: everything above works without a Celery app.
@@ -29,7 +29,7 @@ __all__ = [
     "LeaseKeeper",
     # fencing
     "FencedRecords",
-    "claim_once",
+    "claim_attempt",
     # Celery
     "singleton_task",
     "SingletonTask",

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery.beat import Scheduler
+from celery.schedules import crontab, schedule
 from celery.signals import beat_embedded_init
 from celery.utils.time import maybe_make_aware
 from kombu.utils.url import maybe_sanitize_url
@@ -162,8 +163,9 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             log.warning("beat: skipping %s, %.1fs late (singleton_missed_runs='skip')", slot, late)
         elif policy == "catch_up":
             streak = self._late_in_a_row.get(entry.name, 0) + 1 if late > self.settings.missed_grace else 0
-            if streak < self.settings.catch_up_limit:
+            if streak < self.settings.catch_up_limit and due > maybe_make_aware(entry.last_run_at):
                 new_entry.last_run_at = due  # the next slot follows this one, not "now"
+                self._heap = None  # tick() would otherwise queue the next slot a period later
             elif streak:
                 log.warning("beat: %s reached singleton_catch_up_limit=%d; older missed runs are dropped",
                             entry.name, self.settings.catch_up_limit)
@@ -196,9 +198,21 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
 
     @staticmethod
     def _due_time(entry: Any, now: datetime) -> datetime:
-        """The nominal time of the slot being run: what makes its id the same on every leader."""
+        """The nominal time of the slot being run: what makes its id the same on every leader.
+
+        Computed from ``last_run_at`` alone where the schedule allows it. ``now +
+        remaining_estimate()`` reads the clock a second time inside Celery and lands a few
+        microseconds early: a crontab slot then sits just before its boundary, and under
+        ``catch_up`` (last_run_at = due) the same occurrence is due again at once.
+        """
+        sched = entry.schedule
         try:
-            remaining: timedelta = entry.schedule.remaining_estimate(entry.last_run_at)
+            if isinstance(sched, crontab):
+                start, delta, _ = sched.remaining_delta(entry.last_run_at)
+                return start + delta  # type: ignore[no-any-return]
+            if isinstance(sched, schedule) and not sched.relative:
+                return sched.maybe_make_aware(entry.last_run_at) + sched.run_every  # type: ignore[no-any-return]
+            remaining: timedelta = sched.remaining_estimate(entry.last_run_at)
         except (AttributeError, NotImplementedError, TypeError):
             return now
         return now + remaining

@@ -3,8 +3,10 @@
 * ``FencedRecords``: a hash of JSON records where a write carrying fencing token T is applied
   only if no write with a larger token reached the node first. A write counts when a
   majority applied it; a refusal anywhere means a newer holder exists (``StaleToken``).
-* ``claim_once``: mark a name as done on a majority, once; a second claim fails. Used to
-  run a beat slot at most once when its message is delivered twice.
+* ``claim_attempt``: claim a name for attempt N on a majority; a later attempt (a retry)
+  may claim it again, the same or an earlier one (a duplicate delivery) may not. Used to
+  run a beat slot at most once when its message is delivered twice. A claim that reaches
+  no majority fails: when in doubt, the work is not done twice.
 
 Values are JSON texts: nothing read back is unpickled or evaluated.
 """
@@ -30,10 +32,6 @@ return {1, ARGV[1]}
 
 #: KEYS: hash.  Returns the flat HGETALL list.
 READ_ALL = Script("return redis.call('HGETALL', KEYS[1])")
-
-#: KEYS: mark.  ARGV: ttl_ms.  Returns 1 when this call set the mark, 0 when it existed.
-CLAIM = Script("if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end return 0")
-
 
 class FencedRecords:
     """Named JSON records (dicts) written under a fencing token; see the module docstring."""
@@ -75,11 +73,19 @@ class FencedRecords:
         return best
 
 
-def claim_once(nodes: NodeSet, key: str, ttl: float) -> bool:
-    """True for the first claim of ``key`` that a majority saw; False for any later one.
-
-    A claim that reached no majority (nodes down) also returns False: when in doubt, the
-    work is not done twice.
+#: KEYS: mark.  ARGV: attempt, ttl_ms.  Returns 1 when this attempt may run (no mark, or a
+#: mark left by an earlier attempt), 0 when this or a later attempt already claimed it.
+CLAIM_ATTEMPT = Script(
     """
-    replies = nodes.eval(CLAIM, [key], [int(ttl * 1000)])
+local seen = tonumber(redis.call('GET', KEYS[1]))
+if seen and seen >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+)
+
+
+def claim_attempt(nodes: NodeSet, key: str, attempt: int, ttl: float) -> bool:
+    """True when ``attempt`` may run: no earlier claim of ``key`` by this or a later attempt."""
+    replies = nodes.eval(CLAIM_ATTEMPT, [key], [attempt, int(ttl * 1000)])
     return sum(1 for r in replies if r == 1) >= nodes.quorum

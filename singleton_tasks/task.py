@@ -26,14 +26,15 @@ import os
 import threading
 from typing import Any, Callable, Iterator, TypeVar
 
-from celery import Task, shared_task
+from celery import Task, _state
+from celery.local import Proxy
 from celery.exceptions import Ignore
 from celery.utils.dispatch import Signal
 
 from .conf import ON_BUSY_POLICIES, SLOT_HEADER, settings_for
 from .election import LeaseKeeper
 from .errors import ConfigurationError, LeaseError, LeaseLost, SingletonError
-from .fence import claim_once
+from .fence import claim_attempt
 from .lease import Lease
 from .nodes import NodeSet
 
@@ -156,12 +157,20 @@ class SingletonTask(Task):  # type: ignore[misc]
         nodes = _nodes_for(settings.redis_urls, min(1.0, ttl / 10))
         headers = self.request.headers or {}
         slot = headers.get(SLOT_HEADER) or getattr(self.request, SLOT_HEADER, None)
-        if slot and not claim_once(nodes, f"{settings.key_prefix}{{slot:{slot}}}:done", settings.slot_memory):
-            log.info("%s: beat slot %s already ran; this delivery is skipped", self.name, slot)
-            raise SkippedRun(f"slot {slot} already ran")
         lease = Lease(self.singleton_lease_name(args, kwargs), nodes, ttl=ttl, prefix=settings.key_prefix)
         if not lease.acquire(blocking=False):
-            return self._busy(lease, settings.on_busy, settings.busy_retry_countdown)
+            # A busy beat slot is skipped, never retried: the holder may be this very slot
+            # (a duplicate delivery), and a retry would count as a new attempt below.
+            policy = "skip" if slot else self.singleton_on_busy or settings.on_busy
+            return self._busy(lease, policy, settings.busy_retry_countdown)
+        # Claimed under the lease. A retry the body asked for (a later attempt) may claim
+        # again; a duplicate delivery of an attempt already claimed may not.
+        attempt = int(self.request.retries or 0)
+        if slot and not claim_attempt(nodes, f"{settings.key_prefix}{{slot:{slot}}}:done", attempt,
+                                      settings.slot_memory):
+            lease.release()
+            log.info("%s: beat slot %s already ran; this delivery is skipped", self.name, slot)
+            raise SkippedRun(f"slot {slot} already ran")
         run = self.request.singleton = SingletonRun(self, lease)
         run._keeper.start()
         try:
@@ -176,8 +185,7 @@ class SingletonTask(Task):  # type: ignore[misc]
             lease.release()
             self.request.singleton = None
 
-    def _busy(self, lease: Lease, default: str, countdown: float) -> Any:
-        policy = self.singleton_on_busy or default
+    def _busy(self, lease: Lease, policy: str, countdown: float) -> Any:
         log.info("%s: lease %s is busy (%s)", self.name, lease.name, policy)
         if policy == "retry":
             raise self.retry(countdown=countdown)
@@ -218,12 +226,32 @@ def singleton_task(
     options.setdefault("bind", True)
     attrs = {"singleton_key": staticmethod(key) if key else None, "singleton_ttl": ttl, "singleton_on_busy": on_busy}
 
-    def create(function: Callable[..., Any]) -> Any:
-        if app is None:
-            return shared_task(base=SingletonTask, **attrs, **options)(function)
-        base = options.pop("base", None) or app.Task
+    def singleton_base(task_app: Any) -> Any:
+        base = options.get("base") or task_app.Task
         if not issubclass(base, SingletonTask):
             base = type(f"Singleton{base.__name__}", (SingletonTask, base), {"abstract": True})
-        return app.task(base=base, **attrs, **options)(function)
+        return base
+
+    def create(function: Callable[..., Any]) -> Any:
+        if app is not None:
+            return app.task(**{**options, "base": singleton_base(app)}, **attrs)(function)
+        # shared_task semantics, but each app's own Task class (Flask's FlaskTask set as
+        # task_cls, Django's DjangoTask) is kept under SingletonTask, as with app=.
+        name = options.get("name")
+
+        def bind(task_app: Any) -> Any:
+            return task_app._task_from_fun(function, **{**options, "base": singleton_base(task_app)}, **attrs)
+
+        _state.connect_on_app_finalize(bind)
+        for task_app in _state._get_active_apps():
+            if task_app.finalized:
+                with task_app._finalize_mutex:
+                    bind(task_app)
+
+        def task_by_cons() -> Any:
+            current = _state.get_current_app()
+            return current.tasks[name or current.gen_task_name(function.__name__, function.__module__)]
+
+        return Proxy(task_by_cons)
 
     return create(fun) if fun is not None else create

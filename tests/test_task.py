@@ -225,3 +225,30 @@ def test_bad_decorator_options_fail_when_applied(app, options, setting) -> None:
     with pytest.raises(ConfigurationError) as err:
         singleton_task(app=app, **options)
     assert err.value.setting == setting
+
+
+def test_a_beat_slot_may_be_retried_by_its_body_but_not_delivered_again(app) -> None:
+    attempts: list[int] = []
+    finished: list[tuple[str, int, str]] = []
+
+    @singleton_task(app=app, name="t.slot.retry")
+    def flaky(self):
+        attempts.append(self.request.retries)
+        if self.request.retries == 0:
+            raise self.retry(countdown=0, max_retries=3)
+
+    def record(task_id=None, state=None, task=None, **_):
+        finished.append((task_id, task.request.retries, state))
+
+    headers = {"singleton_slot": "t.slot.retry@1000", "singleton_token": 7}
+    task_postrun.connect(record, weak=False)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False):
+            first = flaky.apply_async(headers=headers, task_id="slot-task")
+            wait_for(lambda: ("slot-task", 1, "SUCCESS") in finished)
+            flaky.apply_async(headers=headers, task_id="slot-task")  # the broker delivers it again
+            wait_for(lambda: len(finished) == 3)
+    finally:
+        task_postrun.disconnect(record)
+    assert attempts == [0, 1], "the retry ran, the second delivery did not"
+    assert finished[-1] == ("slot-task", 0, "IGNORED") and first.id == "slot-task"

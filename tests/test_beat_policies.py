@@ -1,0 +1,65 @@
+"""LeaderScheduler in-process (real Redis, Celery's in-memory broker): slot times and the
+missed-run policies after an outage."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from celery import Celery
+from celery.beat import ScheduleEntry
+from celery.schedules import crontab, schedule
+from celery.signals import before_task_publish
+
+from singleton_tasks import LeaderScheduler, settings_for
+
+UTC = timezone.utc
+
+
+def make_app(redis_url: str, **conf) -> Celery:
+    app = Celery("policies", set_as_current=False)
+    app.conf.update(broker_url="memory://", singleton_redis_url=redis_url, singleton_lease_ttl=2,
+                    beat_schedule={"every-second": {"task": "t.e", "schedule": 1.0}}, **conf)
+    return app
+
+
+def test_slot_times_come_from_the_last_run_alone(redis_url) -> None:
+    app = make_app(redis_url)
+    last = datetime(2026, 1, 1, 12, 0, 30, 250000, tzinfo=UTC)
+    now = datetime(2026, 1, 1, 13, 0, 0, tzinfo=UTC)
+    cron = ScheduleEntry("c", "t.e", last_run_at=last, schedule=crontab(minute="*"), app=app)
+    assert LeaderScheduler._due_time(cron, now) == datetime(2026, 1, 1, 12, 1, tzinfo=UTC)
+    interval = ScheduleEntry("i", "t.e", last_run_at=last, schedule=schedule(timedelta(seconds=5)), app=app)
+    assert LeaderScheduler._due_time(interval, now) == last + timedelta(seconds=5)
+
+
+@pytest.mark.parametrize("policy, expected", [("coalesce", 1), ("skip", 0), ("catch_up", 10)])
+def test_missed_runs_after_an_outage_follow_the_policy(redis_url, policy, expected) -> None:
+    app = make_app(redis_url, singleton_missed_runs=policy, singleton_catch_up_limit=10)
+    sent: list[str] = []
+
+    def record(headers=None, **_):
+        sent.append(headers["singleton_slot"])
+
+    before_task_publish.connect(record, weak=False)
+    scheduler = LeaderScheduler(app=app)
+    try:
+        outage_began = datetime.now(UTC) - timedelta(seconds=60)
+        scheduler.schedule["every-second"].last_run_at = outage_began
+        deadline = time.monotonic() + 10
+        while not scheduler.is_leader and time.monotonic() < deadline:
+            scheduler.tick()
+        assert scheduler.is_leader
+        for _ in range(40):  # enough ticks to send every late slot; the next one is a second away
+            scheduler.tick()
+        late = [s for s in sent if int(s.split("@")[1]) / 1000 < time.time() - 5]
+        assert len(late) == expected, f"{policy}: sent {sent}"
+        if policy == "catch_up":
+            dues = [int(s.split("@")[1]) for s in late]
+            assert dues == sorted(dues) and dues[1] - dues[0] == 1000, "oldest first, one per missed slot"
+        assert len(set(sent)) == len(sent), "no slot sent twice"
+    finally:
+        before_task_publish.disconnect(record)
+        scheduler.close()
+    assert settings_for(app).missed_runs == policy
