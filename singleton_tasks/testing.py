@@ -47,7 +47,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child is killed when this process dies (Linux; elsewhere a no-op)."""
     # Linux prctl(PR_SET_PDEATHSIG, SIGKILL): a crashed test run leaves no server behind.
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
@@ -92,7 +93,7 @@ class RedisNode:
             args += ["--appendfsync", "always"]
         log = open(self.dir / "server.log", "ab")
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
         log.close()
         _started[self.process.pid] = self.process

@@ -9,7 +9,6 @@ Nothing is ever killed by name: only the process groups started here, by id.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import signal
@@ -18,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
+
+from singleton_tasks.testing import die_with_parent
 
 T = TypeVar("T")
 
@@ -69,14 +70,6 @@ def parent_pid(pid: int) -> int | None:
 def is_dead(pid: int) -> bool:
     """Gone, or a zombie (an orphan waits for PID 1 to reap it; it runs no code)."""
     return proc_state(pid) in (None, "Z", "X")
-
-
-def _die_with_parent() -> None:
-    # prctl(PR_SET_PDEATHSIG, SIGKILL): if pytest itself is killed, the direct child goes too.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 class Proc:
@@ -158,7 +151,7 @@ class Procs:
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
                 args, cwd=self.dir, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
             )
         proc = Proc(name, args, popen, log_path)
         self.started.append(proc)

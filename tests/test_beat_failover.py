@@ -382,16 +382,10 @@ def test_beat_replicas_survive_kill_stop_and_term(cluster: Cluster, procs: Procs
 # -- 2. `celery worker -B --scheduler singleton` on several nodes ---------------------------
 
 
-def test_worker_embedded_beats_fail_over(cluster: Cluster, procs: Procs) -> None:
-    # Celery 5.7's ``worker -B`` runs beat in a forked child process ("Beat") for every pool,
-    # solo and threads included: Beat.create() calls EmbeddedService() without thread=True,
-    # and only thread=True gives a thread. So the lease holder's pid is that child, and its
-    # parent is the worker. A node crash is SIGKILL to the worker's whole process group
-    # (each worker runs in its own session: the group is the worker and its beat child).
-    # Killing only the worker's main pid is a different fault: see test_orphaned_embedded_beat.
-    # Three nodes: the SIGTERM handover needs a standby, and the SIGKILL then another one.
+def start_embedded_beats(cluster: Cluster, procs: Procs, count: int) -> tuple[list[Proc], Callable[[], Leader | None]]:
+    """``count`` workers with embedded beats, all campaigning; and a finder of the leading one."""
     workers = [procs.worker(f"node{i}", "-B", "--scheduler", "singleton",
-                            "-s", str(procs.dir / f"node{i}.schedule")) for i in range(3)]
+                            "-s", str(procs.dir / f"node{i}.schedule")) for i in range(count)]
     by_pid = {w.pid: w for w in workers}
 
     def leader() -> Leader | None:
@@ -402,7 +396,20 @@ def test_worker_embedded_beats_fail_over(cluster: Cluster, procs: Procs) -> None
         worker = by_pid.get(parent_pid(holder["pid"]) or -1)
         return Leader(worker, holder["pid"], int(holder["token"]), holder["ttl"]) if worker else None
 
-    wait_for(lambda: cluster.campaigners() == 3, START_TIMEOUT, "3 embedded beats campaigning")
+    wait_for(lambda: cluster.campaigners() == count, START_TIMEOUT, f"{count} embedded beats campaigning")
+    return workers, leader
+
+
+
+def test_worker_embedded_beats_fail_over(cluster: Cluster, procs: Procs) -> None:
+    # Celery 5.7's ``worker -B`` runs beat in a forked child process ("Beat") for every pool,
+    # solo and threads included: Beat.create() calls EmbeddedService() without thread=True,
+    # and only thread=True gives a thread. So the lease holder's pid is that child, and its
+    # parent is the worker. A node crash is SIGKILL to the worker's whole process group
+    # (each worker runs in its own session: the group is the worker and its beat child).
+    # Killing only the worker's main pid is a different fault: see test_orphaned_embedded_beat.
+    # Three nodes: the SIGTERM handover needs a standby, and the SIGKILL then another one.
+    workers, leader = start_embedded_beats(cluster, procs, 3)
     first = wait_for(leader, START_TIMEOUT, "an embedded beat to hold the lease")
     assert first.pid != first.proc.pid, "the embedded beat is a child process, not the worker itself"
     cluster.wait_runs_with_token(first.token, 3, START_TIMEOUT)
@@ -451,18 +458,7 @@ def test_orphaned_embedded_beat_hands_over_and_exits(cluster: Cluster, procs: Pr
     # SIGKILL to the worker's main pid alone: Celery neither stops nor joins the forked beat
     # child, which would lead on as an orphan, sending tasks nobody on its node consumes.
     # The scheduler notices its parent changed, releases the lease and exits.
-    workers = [procs.worker(f"node{i}", "-B", "--scheduler", "singleton",
-                            "-s", str(procs.dir / f"node{i}.schedule")) for i in range(2)]
-    by_pid = {w.pid: w for w in workers}
-
-    def leader() -> Leader | None:
-        holder = cluster.holder()
-        if holder is None:
-            return None
-        worker = by_pid.get(parent_pid(holder["pid"]) or -1)
-        return Leader(worker, holder["pid"], int(holder["token"]), holder["ttl"]) if worker else None
-
-    wait_for(lambda: cluster.campaigners() == 2, START_TIMEOUT, "2 embedded beats campaigning")
+    workers, leader = start_embedded_beats(cluster, procs, 2)
     first = wait_for(leader, START_TIMEOUT, "an embedded beat to hold the lease")
     cluster.wait_runs_with_token(first.token, 2, START_TIMEOUT)
     a = first.proc

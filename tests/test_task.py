@@ -13,18 +13,9 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
 
+from procs import wait_for
 from singleton_tasks import ConfigurationError, Lease, LeaseLost, SingletonTask, TaskBusy, lease_lost, singleton_task
 from singleton_tasks.task import _nodesets
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.fixture
@@ -64,7 +55,7 @@ def test_runs_with_a_token_and_releases_after_success_failure_and_retry(app) -> 
     assert holder_of(app, "t.ok") is None, "released after failure"
     with start_worker(app, pool="solo", perform_ping_check=False):  # eager mode retries inline
         retried = ok.apply_async(kwargs={"fail": "retry"})
-        wait_for(lambda: retried.state == "RETRY")
+        wait_for(lambda: retried.state == "RETRY", 10, "the retry to be recorded")
     assert holder_of(app, "t.ok") is None, "released after retry"
     tokens = [t for t, _, _ in seen]
     assert tokens == sorted(tokens) and len(set(tokens)) == 3, "each run is a new grant"
@@ -83,7 +74,7 @@ def test_a_busy_lease_follows_on_busy(app, policy, state) -> None:
     if policy == "retry":  # eager mode would retry inline; a worker records the RETRY
         with start_worker(app, pool="solo", perform_ping_check=False):
             result = busy.delay()
-            wait_for(lambda: result.state == "RETRY")
+            wait_for(lambda: result.state == "RETRY", 10, "the busy retry to be recorded")
     else:
         result = busy.apply()
     assert result.state == state and not ran
@@ -153,7 +144,6 @@ def test_a_stolen_lease_stops_the_run_at_its_next_checkpoint(app) -> None:
     assert len(calls) <= calls_at_theft + 1, "at most the call already past its guard"
     assert all(t < thief.token for t in calls), "every call the victim made carried an older token"
     assert thief.held and holder_of(app, "t.stolen")["token"] == thief.token, "the victim did not release the thief"
-    wait_for(lambda: signalled == ["t.stolen"] or signalled)
     assert signalled == ["t.stolen"]
 
 
@@ -186,7 +176,7 @@ def test_works_in_a_real_in_process_worker(app) -> None:
         task_postrun.connect(record, weak=False)
         try:
             result = app.send_task("t.worker", (1,))
-            assert wait_for(lambda: finished.get(result.id)) == "IGNORED"
+            assert wait_for(lambda: finished.get(result.id), 10, "the run to finish") == "IGNORED"
         finally:
             task_postrun.disconnect(record)
 
@@ -245,9 +235,9 @@ def test_a_beat_slot_may_be_retried_by_its_body_but_not_delivered_again(app) -> 
     try:
         with start_worker(app, pool="solo", perform_ping_check=False):
             first = flaky.apply_async(headers=headers, task_id="slot-task")
-            wait_for(lambda: ("slot-task", 1, "SUCCESS") in finished)
+            wait_for(lambda: ("slot-task", 1, "SUCCESS") in finished, 10, "the retried attempt")
             flaky.apply_async(headers=headers, task_id="slot-task")  # the broker delivers it again
-            wait_for(lambda: len(finished) == 3)
+            wait_for(lambda: len(finished) == 3, 10, "the second delivery")
     finally:
         task_postrun.disconnect(record)
     assert attempts == [0, 1], "the retry ran, the second delivery did not"

@@ -13,23 +13,13 @@ import pytest
 import redis
 from celery import Celery
 
+from procs import APPS, wait_for
 from singleton_tasks import Lease
 
-APPS = Path(__file__).parent / "apps"
 CELERY = [sys.executable, "-m", "celery", "-A", "workapp"]
 POOLS = {"w1": ["-P", "prefork", "-c", "1"], "w2": ["-P", "threads", "-c", "2"],
          "w3": ["-P", "solo"], "w4": ["-P", "prefork", "-c", "1"]}
 TASK_TTL = 2.0
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 @pytest.fixture
