@@ -41,7 +41,8 @@ def next_wait(
     """
     if leader:
         give_up_in = valid_for - ttl / 3
-        return max(0.0, min(retry_interval if renew_failed else renew_interval, give_up_in))
+        pause = min(retry_interval, renew_interval / 2) if renew_failed else renew_interval
+        return max(0.0, min(pause, give_up_in))
     return random.uniform(0.5, 1.0) * retry_interval
 
 
@@ -195,6 +196,8 @@ class LeaderElector:
                              self.renew_interval, self.retry_interval, self._renew_failed)
             if self._leading:
                 self._wake.clear()  # releases matter to followers only
+            if self._stop.is_set():
+                break  # stop() came during the step: its wake-up may just have been cleared
             self._wake.wait(wait)
             self._wake.clear()
         if self._leading:
