@@ -19,8 +19,8 @@ UTC = timezone.utc
 
 def make_app(redis_url: str, **conf) -> Celery:
     app = Celery("policies", set_as_current=False)
-    app.conf.update(broker_url="memory://", singleton_redis_url=redis_url, singleton_lease_ttl=2,
-                    beat_schedule={"every-second": {"task": "t.e", "schedule": 1.0}}, **conf)
+    app.conf.update({"broker_url": "memory://", "singleton_redis_url": redis_url, "singleton_lease_ttl": 2,
+                     "beat_schedule": {"every-second": {"task": "t.e", "schedule": 1.0}}, **conf})
     return app
 
 
@@ -63,3 +63,40 @@ def test_missed_runs_after_an_outage_follow_the_policy(redis_url, policy, expect
         before_task_publish.disconnect(record)
         scheduler.close()
     assert settings_for(app).missed_runs == policy
+
+
+def test_a_slot_reserved_by_a_dead_leader_is_sent_by_the_next(redis_url) -> None:
+    app = make_app(redis_url, singleton_lease_ttl=1)
+    sent: list[tuple[str, int]] = []
+
+    def record(headers=None, **_):
+        sent.append((headers["singleton_slot"], headers["singleton_token"]))
+
+    before_task_publish.connect(record, weak=False)
+    first, second = LeaderScheduler(app=app), LeaderScheduler(app=app)
+    try:
+        deadline = time.monotonic() + 10
+        while not first.is_leader and time.monotonic() < deadline:
+            first.tick()
+        assert first.is_leader and first._lease is not None
+        first.tick()  # the first tick as leader adopts the shared state
+        entry = first.schedule["every-second"]
+        entry.last_run_at = datetime.now(UTC) - timedelta(seconds=1.5)
+        first.reserve(entry)  # recorded in Redis as pending ...
+        reserved = first._reserved["every-second"]
+        assert reserved is not None and not sent
+        first_token = first._lease.token
+        assert first._elector is not None
+        first._elector.stop(release=False)  # ... and the leader dies before publishing it
+        first._elector = None
+        while not second.is_leader and time.monotonic() < deadline:
+            second.tick()
+        assert second.is_leader and second._lease is not None
+        second.tick()
+        assert sent[:1] == [(reserved[0], second._lease.token)], f"the reserved slot first, by the new leader: {sent}"
+        assert second._lease.token > first_token
+        assert [slot for slot, _ in sent].count(reserved[0]) == 1
+    finally:
+        before_task_publish.disconnect(record)
+        first.close()
+        second.close()
