@@ -43,7 +43,7 @@ class FencedRecords:
     def write(self, token: int, name: str, record: dict[str, Any]) -> None:
         """Store ``record`` under ``name``. Raises ``StaleToken`` or ``LeaseError``."""
         body = json.dumps({**record, "token": token}, sort_keys=True)
-        replies = self.nodes.eval(FENCED_HSET, [self.key], [token, name, body])
+        replies = self.nodes.run_script(FENCED_HSET, [self.key], [token, name, body])
         stale = [int(r[1]) for r in replies if isinstance(r, list) and r[0] == 0]
         if stale:
             raise StaleToken(token, max(stale))
@@ -53,7 +53,7 @@ class FencedRecords:
 
     def read_all(self) -> dict[str, dict[str, Any]]:
         """Every record, the one with the highest token where nodes disagree."""
-        replies = self.nodes.eval(READ_ALL, [self.key], [])
+        replies = self.nodes.run_script(READ_ALL, [self.key], [])
         readable = [r for r in replies if isinstance(r, list)]
         if len(readable) < self.nodes.quorum:
             raise LeaseError(f"{self.key}: fewer than {self.nodes.quorum} nodes answered")
@@ -87,5 +87,5 @@ return 1
 
 def claim_attempt(nodes: NodeSet, key: str, attempt: int, ttl: float) -> bool:
     """True when ``attempt`` may run: no earlier claim of ``key`` by this or a later attempt."""
-    replies = nodes.eval(CLAIM_ATTEMPT, [key], [attempt, int(ttl * 1000)])
+    replies = nodes.run_script(CLAIM_ATTEMPT, [key], [attempt, int(ttl * 1000)])
     return sum(1 for r in replies if r == 1) >= nodes.quorum

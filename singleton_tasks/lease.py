@@ -179,7 +179,7 @@ class Lease:
                 self._grant = None
                 log.warning("lease %s: validity ran out before renewal", self.name)
                 return False
-            replies = self.nodes.eval(scripts.RENEW, [self.key], [grant.owner, self._ttl_ms])
+            replies = self.nodes.run_script(scripts.RENEW, [self.key], [grant.owner, self._ttl_ms])
             extended = sum(1 for r in replies if r == 1)
             refused = sum(1 for r in replies if r == 0)
             self._log_failures("renew", replies)
@@ -209,7 +209,7 @@ class Lease:
         Raises ``LeaseError`` when a majority cannot be read, ``MalformedLeaseValue`` for a value
         this library never writes.
         """
-        replies = self.nodes.eval(scripts.INSPECT, [self.key, self.fence_key], [])
+        replies = self.nodes.run_script(scripts.INSPECT, [self.key, self.fence_key], [])
         self._log_failures("inspect", replies)
         readable = [(i, r) for i, r in enumerate(replies) if isinstance(r, list)]
         if len(readable) < self.nodes.quorum:
@@ -277,7 +277,7 @@ class Lease:
             owner = json.dumps({"host": HOSTNAME, "pid": os.getpid(), "id": secrets.token_hex(8)})
             started = self._clock()
             deadline = validity_deadline(started, self.ttl)
-            replies = self.nodes.eval(scripts.ACQUIRE, [self.key, self.fence_key], [owner, self._ttl_ms])
+            replies = self.nodes.run_script(scripts.ACQUIRE, [self.key, self.fence_key], [owner, self._ttl_ms])
             self._log_failures("acquire", replies)
             granted = {i: (r[1], r[2] == 1) for i, r in enumerate(replies) if isinstance(r, list) and r[0] == 1}
             if len(granted) < self.nodes.quorum:
@@ -292,7 +292,7 @@ class Lease:
                 # Round 1 already recorded this token on every granting node, a majority.
                 confirmed = [1] * len(granted)
             else:
-                confirmed = self.nodes.eval(
+                confirmed = self.nodes.run_script(
                     scripts.CONFIRM, [self.key, self.fence_key], [owner, token], only=list(granted)
                 )
                 self._log_failures("confirm", confirmed, list(granted))
@@ -343,7 +343,7 @@ class Lease:
     def _release_owner(self, owner: str, announce: bool = True) -> None:
         # Every node, not just those that granted: a lost reply may hide a grant. A failed
         # attempt is cleaned up silently, or standbys would be woken into a busy loop.
-        replies = self.nodes.eval(scripts.RELEASE, [self.key], [owner, self.channel if announce else ""])
+        replies = self.nodes.run_script(scripts.RELEASE, [self.key], [owner, self.channel if announce else ""])
         self._log_failures("release", replies)
 
     def _log_failures(self, operation: str, replies: list[Any], only: Sequence[int] | None = None) -> None:

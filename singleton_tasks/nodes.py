@@ -86,7 +86,7 @@ class NodeSet:
     def quorum(self) -> int:
         return len(self.clients) // 2 + 1
 
-    def eval(
+    def run_script(
         self, script: Script, keys: Sequence[str], args: Sequence[Any], only: Sequence[int] | None = None
     ) -> list[Any]:
         """Run ``script`` on every node (or the indexes in ``only``); a failure is returned, not raised."""
