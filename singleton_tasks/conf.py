@@ -133,5 +133,15 @@ def settings_for(app: Any) -> Settings:
     try:
         return _cache[app]
     except KeyError:
+        pass
+    try:
         settings = _cache[app] = read_settings(app.conf)
-        return settings
+    except ConfigurationError as exc:
+        namespace = getattr(app, "namespace", None)
+        if not namespace:
+            raise
+        # Name the setting as the user wrote it, e.g. CELERY_SINGLETON_LEASE_TTL in Django.
+        raise ConfigurationError(
+            exc.setting, exc.value, f"{exc.allowed} (set as {namespace}_{exc.setting.upper()})"
+        ) from None
+    return settings

@@ -84,3 +84,16 @@ def test_django_style_namespace() -> None:
     app.config_from_object(DjangoSettings, namespace="CELERY")
     s = settings_for(app)
     assert (s.lease_ttl, s.missed_runs, s.redis_urls) == (7.0, "skip", ("redis://127.0.0.1:6399/2",))
+
+
+def test_a_namespaced_error_names_the_setting_as_written() -> None:
+    class DjangoSettings:
+        CELERY_BROKER_URL = "redis://127.0.0.1:6399/2"
+        CELERY_SINGLETON_MISSED_RUNS = "sometimes"
+
+    app = Celery("django-bad", set_as_current=False)
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    with pytest.raises(ConfigurationError) as err:
+        settings_for(app)
+    assert err.value.setting == "singleton_missed_runs"
+    assert "CELERY_SINGLETON_MISSED_RUNS" in str(err.value) and "'sometimes'" in str(err.value)
