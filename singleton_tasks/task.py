@@ -78,6 +78,15 @@ class SingletonRun:
         self._reported = threading.Lock()
         self._keeper = LeaseKeeper(lease, on_lost=self.report_lost)
 
+    def start(self) -> "SingletonRun":
+        """Begin renewing the lease in the background."""
+        self._keeper.start()
+        return self
+
+    def finish(self) -> None:
+        """Stop renewing (the caller releases the lease)."""
+        self._keeper.stop()
+
     def report_lost(self) -> None:
         """Log and signal the loss, once per run, whoever noticed it first."""
         if self._reported.acquire(blocking=False):
@@ -171,8 +180,7 @@ class SingletonTask(Task):  # type: ignore[misc]
             lease.release()
             log.info("%s: beat slot %s already ran; this delivery is skipped", self.name, slot)
             raise SkippedRun(f"slot {slot} already ran")
-        run = self.request.singleton = SingletonRun(self, lease)
-        run._keeper.start()
+        run = self.request.singleton = SingletonRun(self, lease).start()
         try:
             return super().__call__(*args, **kwargs)
         except LeaseLost as exc:
@@ -181,7 +189,7 @@ class SingletonTask(Task):  # type: ignore[misc]
                 raise LeaseLostIgnore(str(exc)) from exc
             raise
         finally:
-            run._keeper.stop()
+            run.finish()
             lease.release()
             self.request.singleton = None
 
