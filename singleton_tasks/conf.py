@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigurationError
+from .lease import default_renew_interval, default_retry_interval
 
 MISSED_RUN_POLICIES = ("coalesce", "skip", "catch_up")
 ON_BUSY_POLICIES = ("skip", "retry", "raise")
@@ -88,7 +89,7 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
     """Validate the ``singleton_*`` keys of a Celery configuration."""
     get: Callable[[str], Any] = conf.get
     ttl = _number("singleton_lease_ttl", get("singleton_lease_ttl"), 0.5, Settings.lease_ttl)
-    renew = _number("singleton_renew_interval", get("singleton_renew_interval"), 0.01, ttl / 3)
+    renew = _number("singleton_renew_interval", get("singleton_renew_interval"), 0.01, default_renew_interval(ttl))
     if renew >= ttl / 2:
         raise ConfigurationError(
             "singleton_renew_interval", get("singleton_renew_interval"),
@@ -110,7 +111,7 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
         key_prefix=prefix,
         lease_ttl=ttl,
         renew_interval=renew,
-        retry_interval=_number("singleton_retry_interval", get("singleton_retry_interval"), 0.01, min(0.5, ttl / 4)),
+        retry_interval=_number("singleton_retry_interval", get("singleton_retry_interval"), 0.01, default_retry_interval(ttl)),
         task_ttl=_number("singleton_task_ttl", get("singleton_task_ttl"), 0.5, Settings.task_ttl),
         on_busy=_choice("singleton_on_busy", get("singleton_on_busy"), ON_BUSY_POLICIES, Settings.on_busy),
         busy_retry_countdown=_number(

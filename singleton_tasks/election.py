@@ -22,11 +22,16 @@ from typing import Callable
 
 from .clock import Clock, monotonic
 from .errors import ConfigurationError
-from .lease import LeaseProtocol
+from .lease import LeaseProtocol, default_renew_interval, default_retry_interval
 
 log = logging.getLogger("singleton_tasks.election")
 
 Callback = Callable[[], None]
+
+
+def give_up_margin(ttl: float) -> float:
+    """Validity left at which a holder that cannot renew gives the lease up (a third of the TTL)."""
+    return ttl / 3
 
 
 def next_wait(
@@ -40,10 +45,20 @@ def next_wait(
     waits a jittered retry interval.
     """
     if leader:
-        give_up_in = valid_for - ttl / 3
+        give_up_in = valid_for - give_up_margin(ttl)
         pause = min(retry_interval, renew_interval / 2) if renew_failed else renew_interval
         return max(0.0, min(pause, give_up_in))
     return random.uniform(0.5, 1.0) * retry_interval
+
+
+def call_safely(callback: Callback | None, lease_name: str, what: str) -> None:
+    """Run a user callback; one that raises is logged and never stops the loop that called it."""
+    if callback is None:
+        return
+    try:
+        callback()
+    except Exception:
+        log.exception("lease %s: %s raised; carrying on", lease_name, what)
 
 
 def renew_or_give_up(lease: LeaseProtocol) -> tuple[bool, str | None]:
@@ -58,7 +73,7 @@ def renew_or_give_up(lease: LeaseProtocol) -> tuple[bool, str | None]:
         return False, None
     if not lease.held:
         return True, "lease lost"
-    if lease.valid_for() <= lease.ttl / 3:
+    if lease.valid_for() <= give_up_margin(lease.ttl):
         lease.release()
         return True, "could not renew for two thirds of the TTL"
     return True, None
@@ -77,8 +92,8 @@ class LeaseKeeper:
     ) -> None:
         self.lease = lease
         self.on_lost = on_lost
-        self.renew_interval = renew_interval if renew_interval is not None else lease.ttl / 3
-        self.retry_interval = retry_interval if retry_interval is not None else min(0.5, lease.ttl / 4)
+        self.renew_interval = renew_interval if renew_interval is not None else default_renew_interval(lease.ttl)
+        self.retry_interval = retry_interval if retry_interval is not None else default_retry_interval(lease.ttl)
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"keeper-{lease.name}", daemon=True)
@@ -103,11 +118,7 @@ class LeaseKeeper:
             if lost:
                 log.warning("lease %s: lost while working: %s", self.lease.name, lost)
                 self.lost.set()
-                if self.on_lost is not None:
-                    try:
-                        self.on_lost()
-                    except Exception:
-                        log.exception("lease %s: on_lost raised", self.lease.name)
+                call_safely(self.on_lost, self.lease.name, "on_lost")
                 return
 
 
@@ -126,8 +137,8 @@ class LeaderElector:
         self.lease = lease
         self.on_elected = on_elected
         self.on_lost = on_lost
-        self.renew_interval = renew_interval if renew_interval is not None else lease.ttl / 3
-        self.retry_interval = retry_interval if retry_interval is not None else min(0.5, lease.ttl / 4)
+        self.renew_interval = renew_interval if renew_interval is not None else default_renew_interval(lease.ttl)
+        self.retry_interval = retry_interval if retry_interval is not None else default_retry_interval(lease.ttl)
         if not 0 < self.renew_interval < lease.ttl / 2:
             raise ConfigurationError("renew_interval", renew_interval, f"more than 0 and less than ttl/2 ({lease.ttl / 2})")
         if not 0 < self.retry_interval:
@@ -202,7 +213,7 @@ class LeaderElector:
             self._wake.clear()
         if self._leading:
             if self._release_on_stop:
-                self._safely(self.lease.release, "release")
+                call_safely(self.lease.release, self.lease.name, "release")
             self._step_down("stopped")
 
     def _step(self) -> None:
@@ -210,7 +221,7 @@ class LeaderElector:
             if self.lease.acquire(blocking=False):
                 self._leading = True
                 log.info("lease %s: elected (token %s)", self.lease.name, self.lease.token)
-                self._safely(self.on_elected, "on_elected")
+                call_safely(self.on_elected, self.lease.name, "on_elected")
                 self._elected.set()
             return
         self._renew_failed, lost = renew_or_give_up(self.lease)
@@ -227,12 +238,5 @@ class LeaderElector:
             log.info("lease %s: stepped down (stopped)", self.lease.name)
         else:
             log.warning("lease %s: leadership lost: %s", self.lease.name, why)
-        self._safely(self.on_lost, "on_lost")
+        call_safely(self.on_lost, self.lease.name, "on_lost")
 
-    def _safely(self, callback: Callback | None, what: str) -> None:
-        if callback is None:
-            return
-        try:
-            callback()
-        except Exception:
-            log.exception("lease %s: %s raised; the elector carries on", self.lease.name, what)

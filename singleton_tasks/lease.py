@@ -71,6 +71,16 @@ def clock_drift(ttl: float) -> float:
     return ttl * 0.01 + 0.002
 
 
+def default_renew_interval(ttl: float) -> float:
+    """Renew every third of the TTL: two renewals can fail before a holder must give up."""
+    return ttl / 3
+
+
+def default_retry_interval(ttl: float) -> float:
+    """How often a standby tries: at most half a second, and at least four times per TTL."""
+    return min(0.5, ttl / 4)
+
+
 def validity_deadline(started: float, ttl: float) -> float:
     """The monotonic instant a grant or renewal sent at ``started`` stops being valid."""
     return started + ttl - clock_drift(ttl)
@@ -112,7 +122,7 @@ class Lease:
             raise ConfigurationError("prefix", prefix, "a string")
         self.name = name
         self.ttl = float(ttl)
-        self.retry_interval = retry_interval if retry_interval is not None else min(0.5, self.ttl / 4)
+        self.retry_interval = retry_interval if retry_interval is not None else default_retry_interval(self.ttl)
         if self.retry_interval <= 0:
             raise ConfigurationError("retry_interval", retry_interval, "a positive number of seconds")
         self.op_timeout = op_timeout if op_timeout is not None else min(1.0, max(0.05, self.ttl / 10))
