@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
 from celery import Task, _state
 from celery.local import Proxy
@@ -33,7 +33,7 @@ from celery.utils.dispatch import Signal
 
 from .conf import ON_BUSY_POLICIES, SLOT_HEADER, settings_for
 from .election import LeaseKeeper
-from .errors import ConfigurationError, LeaseError, LeaseLost, SingletonError
+from .errors import ConfigurationError, LeaseLost, SingletonError
 from .fence import claim_attempt
 from .lease import Lease
 from .nodes import NodeSet
@@ -42,7 +42,6 @@ log = logging.getLogger("singleton_tasks.task")
 
 #: Sent when a running singleton task loses its lease: sender=task, name=lease name, token.
 lease_lost = Signal(name="singleton_lease_lost", providing_args={"name", "token"})
-
 
 
 class TaskBusy(SingletonError):
@@ -200,9 +199,6 @@ class SingletonTask(Task):  # type: ignore[misc]
         if policy == "raise":
             raise TaskBusy(f"{self.name}: another run holds lease {lease.name}")
         raise SkippedRun(f"lease {lease.name} is busy")
-
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _check_options(key: Any, ttl: Any, on_busy: Any) -> None:
