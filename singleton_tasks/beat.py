@@ -10,7 +10,8 @@ replicas. Guarantees:
   nor skips a slot; a slot reserved but not confirmed as sent by a dead leader is sent
   again by the next one, with the same slot id, so a singleton task runs it once.
 * Redis errors, lost leases and stale tokens make this replica stop dispatching and
-  campaign again; they never end beat. SIGTERM releases the lease at once.
+  campaign again; they never end beat. SIGTERM releases the lease at once, after the
+  publish in flight (if any) has finished.
 * Missed slots follow ``singleton_missed_runs``: ``coalesce`` (Celery's own behaviour: one
   late run), ``skip`` (a run more than ``singleton_missed_grace`` seconds late is not sent),
   or ``catch_up`` (each missed slot is sent, at most ``singleton_catch_up_limit`` in a row).
@@ -21,10 +22,14 @@ Each message carries the headers ``singleton_slot`` (entry name and due time) an
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import signal
+import threading
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,6 +59,30 @@ def _remember_worker(**_: Any) -> None:
 
 
 _SLOT_NAMESPACE = uuid.UUID("5f0c1f39-5c3b-4a53-9a43-2b1f0fb2f9a1")
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT until the block ends, then act on them.
+
+    Celery beat's handler closes the scheduler and raises SystemExit wherever the main
+    thread is; mid-publish, that would drop a slot already logged and reserved. Only the
+    main thread receives Python signal handlers, so elsewhere this holds nothing.
+    """
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or any(
+            signal.getsignal(sig) is None for sig in stop_signals):  # a handler Python cannot restore
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in stop_signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def slot_task_id(slot: str) -> str:
@@ -113,9 +142,10 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             token = self._lease.token
             if token is None:
                 return 0.0
-            if token != self._led_token:
-                self._take_over(token)
-            delay = float(super().tick(*args, **kwargs))
+            with _stop_signals_held():  # a stop waits for the publish in flight
+                if token != self._led_token:
+                    self._take_over(token)
+                delay = float(super().tick(*args, **kwargs))
             return min(delay, self.settings.renew_interval, self._lease.valid_for())
         except Exception as exc:  # any escape would end beat: treat it as "not leader now"
             log.error("beat: not dispatching this tick: %s", exc, exc_info=not isinstance(exc, SingletonError))

@@ -100,3 +100,51 @@ def test_a_slot_reserved_by_a_dead_leader_is_sent_by_the_next(redis_url) -> None
         before_task_publish.disconnect(record)
         first.close()
         second.close()
+
+
+def test_sigterm_during_a_publish_lets_it_finish_then_hands_over(redis_url) -> None:
+    """Celery beat's SIGTERM handler raises SystemExit wherever the main thread is; a slot
+    being published must still reach the broker before the lease is released."""
+    import os
+    import signal
+
+    import redis
+    from celery.apps.beat import Beat
+    from celery.beat import Service
+
+    app = make_app(redis_url, broker_url=redis_url)
+    service = Service(app=app, scheduler_cls=LeaderScheduler)
+    scheduler = service.scheduler
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    Beat(app=app).install_sync_handler(service)  # beat's own handler: close, then SystemExit
+    interrupted: list[str] = []
+
+    def sigterm_mid_publish(headers=None, **_):
+        interrupted.append(headers["singleton_slot"])
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler is due at the next bytecode: it fires inside the publish unless held
+
+    try:
+        deadline = time.monotonic() + 10
+        while not scheduler.is_leader and time.monotonic() < deadline:
+            scheduler.tick()
+        assert scheduler.is_leader
+        scheduler.tick()
+        broker = redis.Redis.from_url(redis_url)
+        assert broker.exists("singleton:{beat}:lease"), "the lease key, held"
+        broker.delete("celery")  # only the interrupted publish counts below
+        scheduler.schedule["every-second"].last_run_at = datetime.now(UTC) - timedelta(seconds=1.5)
+        scheduler._heap = None
+        before_task_publish.connect(sigterm_mid_publish, weak=False)
+        with pytest.raises(SystemExit):
+            while time.monotonic() < deadline:
+                scheduler.tick()
+        assert len(interrupted) == 1, "the SIGTERM fired during a publish"
+        assert broker.llen("celery") == 1, "the slot being published when SIGTERM came reached the broker"
+        assert not broker.exists("singleton:{beat}:lease"), "the lease was released once the publish was done"
+        assert not scheduler.is_leader
+    finally:
+        before_task_publish.disconnect(sigterm_mid_publish)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        scheduler.close()
