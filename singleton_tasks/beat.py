@@ -22,14 +22,10 @@ Each message carries the headers ``singleton_slot`` (entry name and due time) an
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
-import signal
-import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +39,7 @@ from .conf import SLOT_HEADER, TOKEN_HEADER, settings_for
 from .election import LeaderElector
 from .errors import LeaseLost, SingletonError, StaleToken
 from .fence import FencedRecords
+from .interrupts import stop_signals_held
 from .lease import Lease
 from .nodes import NodeSet
 
@@ -59,30 +56,6 @@ def _remember_worker(**_: Any) -> None:
 
 
 _SLOT_NAMESPACE = uuid.UUID("5f0c1f39-5c3b-4a53-9a43-2b1f0fb2f9a1")
-
-
-@contextlib.contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """Hold SIGTERM and SIGINT until the block ends, then act on them.
-
-    Celery beat's handler closes the scheduler and raises SystemExit wherever the main
-    thread is; mid-publish, that would drop a slot already logged and reserved. Only the
-    main thread receives Python signal handlers, so elsewhere this holds nothing.
-    """
-    stop_signals = (signal.SIGTERM, signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or any(
-            signal.getsignal(sig) is None for sig in stop_signals):  # a handler Python cannot restore
-        yield
-        return
-    caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in stop_signals}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if caught:
-            signal.raise_signal(caught[0])
 
 
 def slot_task_id(slot: str) -> str:
@@ -142,7 +115,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             token = self._lease.token
             if token is None:
                 return 0.0
-            with _stop_signals_held():  # a stop waits for the publish in flight
+            with stop_signals_held():  # a stop waits for the publish in flight
                 if token != self._led_token:
                     self._take_over(token)
                 delay = float(super().tick(*args, **kwargs))

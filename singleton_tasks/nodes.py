@@ -106,7 +106,7 @@ class NodeSet:
                     conn.disconnect()
                     pool.release(conn)
                 results[i] = exc
-        for i, conn in sent:
+        for n, (i, conn) in enumerate(sent):
             pool = self.clients[i].connection_pool
             try:
                 try:
@@ -117,6 +117,12 @@ class NodeSet:
             except (RedisError, OSError) as exc:
                 conn.disconnect()
                 results[i] = exc
+            except BaseException:  # SystemExit from a signal handler: no reply may be left unread
+                for j, unread in sent[n:]:
+                    unread.disconnect()
+                    if j != i:
+                        self.clients[j].connection_pool.release(unread)
+                raise
             finally:
                 pool.release(conn)
         return [results[i] for i in indexes]

@@ -8,8 +8,10 @@ Guarantees:
   body its fencing token, ``valid_for()``, ``checkpoint()`` and ``guard(budget)``; after the
   lease is lost, the next checkpoint or guard raises ``LeaseLost`` and the run ends quietly
   (acked, not retried by this node), logged and signalled through ``lease_lost``.
-* The lease is released in every outcome (success, failure, retry, ``LeaseLost``); if the
-  worker is killed, it expires after its TTL.
+* The lease is released in every outcome (success, failure, retry, ``LeaseLost``), also
+  when a prefork pool process is told to stop (``revoke(terminate=True)``, a hard time
+  limit): billiard turns that signal into SystemExit in the body. After a SIGKILL the
+  lease expires by its TTL.
 * A beat slot (headers set by ``LeaderScheduler``) runs at most once, even if its message
   is delivered twice.
 

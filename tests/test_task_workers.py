@@ -47,9 +47,10 @@ def cluster(redis_nodes_factory, tmp_path):
             wait_for(lambda: b" ready." in logs[name].read_bytes(), 60, f"worker {name} ready")
         producer = Celery("producer", broker=env["SINGLETON_TEST_BROKER"], set_as_current=False)
 
-        def send(task: str, *args, queue: str = "celery") -> None:
-            producer.send_task(task, args, queue=queue)
+        def send(task: str, *args, queue: str = "celery", **options) -> None:
+            producer.send_task(task, args, queue=queue, **options)
 
+        send.revoke = producer.control.revoke  # type: ignore[attr-defined]
         yield nodes, workers, redis.Redis.from_url(env["SINGLETON_TEST_LOG"]), send
     except BaseException:
         for name, path in logs.items():
@@ -103,3 +104,34 @@ def test_a_sigkilled_worker_lease_expires_within_its_ttl(cluster) -> None:
     assert freed_after <= TASK_TTL + 0.5, f"lease held {freed_after:.2f}s after the worker died"
     send("workapp.work", "long", 0.1)
     wait_for(lambda: log.llen("finished") == 1, 30, "another worker ran the job")
+
+
+def test_revoke_terminate_releases_the_lease_before_the_pool_process_ends(cluster) -> None:
+    nodes, workers, log, send = cluster
+    task_id = "hold-1"
+    send("workapp.hold", 60, queue="w1", task_id=task_id)
+    row = wait_for(lambda: log.lrange("holding", 0, -1), 30, "the long task started")
+    child_pid, token = (int(x) for x in row[0].split(b"|"))
+    lease = Lease("workapp.hold", nodes.urls)
+    holder = lease.holder()
+    assert holder is not None and holder["pid"] == child_pid != workers["w1"].pid, "a pool process holds it"
+    assert holder["ttl"] > 20, "its TTL is 30 s: expiry cannot explain a release within seconds"
+    revoked_at = time.monotonic()
+    send.revoke(task_id, terminate=True)
+    wait_for(lambda: lease.holder() is None, 10, "lease released after revoke(terminate=True)")
+    released_after = time.monotonic() - revoked_at
+    wait_for(lambda: not _alive(child_pid), 10, "the pool process ended")
+    assert log.llen("held") == 0, "the body was interrupted, it did not finish"
+    assert released_after < 10, f"released {released_after:.2f}s after the revoke"
+    send("workapp.hold", 0.1, queue="w1")
+    wait_for(lambda: log.llen("held") == 1, 30, "the worker runs the task again, in a new pool process")
+    assert int(log.lrange("holding", -1, -1)[0].split(b"|")[1]) > token
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie has ended too
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"

@@ -43,3 +43,13 @@ def work(self, job, seconds=0.3):
 @singleton_task(app=app, name="workapp.whoami", key=lambda pool, worker: worker)
 def whoami(self, pool, worker):
     record.rpush("pools", f"{pool}|{self.singleton.token}|{self.singleton.name}")
+
+
+@singleton_task(app=app, name="workapp.hold", ttl=30)
+def hold(self, seconds=60):
+    record.rpush("holding", f"{os.getpid()}|{self.singleton.token}")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        self.singleton.checkpoint()
+        time.sleep(0.02)
+    record.rpush("held", f"{os.getpid()}")
