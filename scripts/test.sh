@@ -12,5 +12,5 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pytest "$@"
 if [[ $# -eq 0 && -z "${SINGLETON_REDIS_SERVER:-}" && -x /usr/bin/redis-server ]]; then
   echo "--- again against $(/usr/bin/redis-server --version | cut -d' ' -f1-3)"
-  SINGLETON_REDIS_SERVER=/usr/bin/redis-server .venv/bin/python -m pytest -q tests/test_lease.py tests/test_task.py
+  SINGLETON_REDIS_SERVER=/usr/bin/redis-server .venv/bin/python -m pytest -q tests/test_lease.py tests/test_lease_network.py tests/test_task.py
 fi

@@ -60,13 +60,16 @@ class RedisNode:
     """One redis-server on 127.0.0.1, restartable on the same port.
 
     ``persistent`` turns on an fsync-always append-only file, so a kill and restart keeps
-    the data; otherwise a restart always comes back empty.
+    the data; otherwise a restart always comes back empty. ``env`` adds to the server's
+    environment (e.g. ``LD_PRELOAD`` of libfaketime, to move its wall clock).
     """
 
-    def __init__(self, port: int | None = None, persistent: bool = False, binary: str | None = None) -> None:
+    def __init__(self, port: int | None = None, persistent: bool = False, binary: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.persistent = persistent
         self.binary = binary or redis_server_binary()
+        self.env = env
         self.dir = Path(tempfile.mkdtemp(prefix=f"singleton-redis-{self.port}-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -93,7 +96,8 @@ class RedisNode:
             args += ["--appendfsync", "always"]
         log = open(self.dir / "server.log", "ab")
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+            env={**os.environ, **self.env} if self.env else None,
         )
         log.close()
         _started[self.process.pid] = self.process
