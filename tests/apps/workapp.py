@@ -30,13 +30,18 @@ def count_retries(request=None, **_):
     record.incr("retries")
 
 
+def keep_checking(task, seconds):
+    """Busy for ``seconds``, checking the lease all along (``LeaseLost`` ends the run)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        task.singleton.checkpoint()
+        time.sleep(0.02)
+
+
 @singleton_task(app=app, name="workapp.work", key=lambda job, seconds=0: job, on_busy="retry", max_retries=None)
 def work(self, job, seconds=0.3):
     record.rpush("started", f"{job}|{os.getpid()}|{time.monotonic():.6f}|{self.singleton.token}")
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        self.singleton.checkpoint()
-        time.sleep(0.02)
+    keep_checking(self, seconds)
     record.rpush("finished", f"{job}|{os.getpid()}|{time.monotonic():.6f}")
 
 
@@ -48,8 +53,5 @@ def whoami(self, pool, worker):
 @singleton_task(app=app, name="workapp.hold", ttl=30)
 def hold(self, seconds=60):
     record.rpush("holding", f"{os.getpid()}|{self.singleton.token}")
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        self.singleton.checkpoint()
-        time.sleep(0.02)
+    keep_checking(self, seconds)
     record.rpush("held", f"{os.getpid()}")
