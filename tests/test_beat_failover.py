@@ -241,6 +241,7 @@ class Fault:
     at: float  # time.monotonic() of the signal
     wall: float  # time.time() of the signal, to find the run gap across it
     key_events: list[str]  # what happened to the lease key from the signal to the new grant
+    read_at: float  # time.monotonic() just before ``before`` (and its key's ttl) was read
 
     @property
     def released(self) -> bool:
@@ -257,6 +258,7 @@ def inject(cluster: Cluster, leader: Callable[[], Leader | None], victim: Proc, 
     """Fault the leader right after a run (so it is idle, about a PERIOD from its next send)
     and wait for another process to hold the lease."""
     cluster.wait_next_run()
+    read_at = time.monotonic()
     before = leader()
     assert before is not None and before.proc is victim, f"{victim.name} should lead, not {before}"
     cluster.key_events.clear()
@@ -277,14 +279,15 @@ def inject(cluster: Cluster, leader: Callable[[], Leader | None], victim: Proc, 
         return now if now is not None and now.pid == after.pid and now.token > before.token else None
 
     after = wait_for(confirmed, 5, f"{after.proc.name}'s grant to record a fencing token above {before.token}")
-    return Fault(before, after, takeover, started, wall, cluster.key_events.until_next_grant())
+    return Fault(before, after, takeover, started, wall, cluster.key_events.until_next_grant(), read_at)
 
 
 def check_waited_for_expiry(fault: Fault) -> None:
     """The faulted leader's key expired (nobody released it), and nobody got the lease
     while it was still alive in Redis."""
     assert fault.expired, f"the old key should have expired; lease key events: {fault.key_events}"
-    assert fault.takeover >= fault.before.ttl - 0.1, (
+    left_at_signal = fault.before.ttl - (fault.at - fault.read_at)  # the ttl was read a little earlier
+    assert fault.takeover >= left_at_signal - 0.1, (
         f"taken over after {fault.takeover:.3f}s, but the old key had {fault.before.ttl:.3f}s left")
     # The design's crash bound: the key's remaining life + one standby poll + a round trip.
     assert fault.takeover <= fault.before.ttl + RETRY + LOAD_MARGIN, (

@@ -244,8 +244,11 @@ def test_a_killed_leader_is_replaced_after_its_keys_expire_plus_at_most_one_poll
     standby.start()
     try:
         wait_for(lambda: lease.attempts, 5, "the standby's first attempt")
-        # Kill the leader just after a renewal, so that its keys have close to a full TTL left.
-        wait_for(lambda: probes[0].pttl(lease.key) >= ttl * 1000 - 40, 5, "a fresh renewal", interval=0.001)
+        # Kill the leader just after a renewal has reached every node, so that its keys have
+        # close to a full TTL left everywhere (a renewal seen on one node may still be on its
+        # way to the others).
+        wait_for(lambda: min(p.pttl(lease.key) for p in probes) >= ttl * 1000 - 60, 5, "a fresh renewal",
+                 interval=0.001)
         killed_at = time.monotonic()
         os.kill(leader.pid, signal.SIGKILL)
         expiries = []
@@ -258,8 +261,10 @@ def test_a_killed_leader_is_replaced_after_its_keys_expire_plus_at_most_one_poll
         wait_for(lambda: events.count("elected"), ttl + retry + 3, "the standby to take over")
         elected_at = events.times("elected")[0]
         took = elected_at - killed_at
-        assert ttl - 0.2 < took <= ttl + retry + 0.5, f"crash takeover took {took:.3f}s"
-        assert elected_at >= sorted(expiries)[1], "it took over only once the keys expired on a majority"
+        majority_expired = sorted(expiries)[1]  # measured, not assumed: the bounds follow from it
+        assert elected_at >= majority_expired, "it took over only once the keys expired on a majority"
+        assert elected_at - majority_expired <= retry + 0.5, f"crash takeover took {took:.3f}s"
+        assert took > ttl - 0.3, f"crash takeover took {took:.3f}s: the keys had most of a TTL left"
         assert lease.token is not None and lease.token > elected["token"]
     finally:
         standby.stop()

@@ -76,7 +76,7 @@ def test_a_node_clock_jump_expires_the_lease_early_and_the_token_fences_the_old_
 
 def test_a_node_clock_stepping_back_keeps_the_lease_longer_not_shorter(skewed_node) -> None:
     node, shift = skewed_node
-    first, second = Lease("back", node.url, ttl=1.0), Lease("back", node.url, ttl=1.0)
+    first, second = (Lease("back", node.url, ttl=1.0, op_timeout=1.0) for _ in range(2))
     assert first.acquire(blocking=False)
     shift("-1h")
     assert time.time() - node_clock(node) > 3000, "the node's clock really stepped back"

@@ -161,7 +161,9 @@ def test_tokens_strictly_rise_while_a_minority_of_nodes_fails(redis_nodes_factor
     grants = 300
     nodes = redis_nodes_factory(count, persistent=True)
     rng = random.Random(7919 * count)
-    leases = [Lease("faulty", nodes.urls, ttl=1.0, retry_interval=0.05) for _ in range(3)]
+    # op_timeout 0.25 s, not the default 0.1: every write waits for an fsync (appendfsync
+    # always), and a slow disk must not look like a failed node.
+    leases = [Lease("faulty", nodes.urls, ttl=1.0, retry_interval=0.05, op_timeout=0.25) for _ in range(3)]
     faults = MinorityFaults(nodes, rng, leases[0].fence_key, rate=0.2)
     tokens: list[int] = []
     grants_during: Counter[str] = Counter()
@@ -250,7 +252,7 @@ def test_a_sigstopped_holder_resumes_without_the_lease_and_cannot_hurt_the_new_h
 ) -> None:
     ttl = 1.0
     nodes = redis_nodes_factory(3)
-    holder = children.spawn("holder", name="paused-holder", urls=nodes.urls, ttl=ttl)
+    holder = children.spawn("holder", name="paused-holder", urls=nodes.urls, ttl=ttl, op_timeout=0.3)
     holder.expect(event="ready", timeout=30)
     got = holder.request("acquire")
     assert got["ok"] and got["token"] is not None and got["valid_for"] > 0.5, got
@@ -260,7 +262,8 @@ def test_a_sigstopped_holder_resumes_without_the_lease_and_cannot_hurt_the_new_h
     os.kill(holder.pid, signal.SIGSTOP)
     wait_for(lambda: proc_state(holder.pid) == "T", 5, "the holder to be stopped")
 
-    successor = Lease("paused-holder", nodes.urls, ttl=ttl, retry_interval=0.05)
+    # A longer TTL of its own: what follows the takeover must not outlast the successor's grant.
+    successor = Lease("paused-holder", nodes.urls, ttl=5.0, retry_interval=0.05)
     try:
         assert successor.acquire(timeout=5), "the successor gets the lease once the stopped holder's keys expire"
         acquired_at = time.monotonic()

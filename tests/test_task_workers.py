@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery import Celery
 
-from procs import APPS, wait_for
+from procs import APPS, is_dead, wait_for
 from singleton_tasks import Lease
 
 CELERY = [sys.executable, "-m", "celery", "-A", "workapp"]
@@ -120,18 +120,9 @@ def test_revoke_terminate_releases_the_lease_before_the_pool_process_ends(cluste
     send.revoke(task_id, terminate=True)
     wait_for(lambda: lease.holder() is None, 10, "lease released after revoke(terminate=True)")
     released_after = time.monotonic() - revoked_at
-    wait_for(lambda: not _alive(child_pid), 10, "the pool process ended")
+    wait_for(lambda: is_dead(child_pid), 10, "the pool process ended")
     assert log.llen("held") == 0, "the body was interrupted, it did not finish"
     assert released_after < 10, f"released {released_after:.2f}s after the revoke"
     send("workapp.hold", 0.1, queue="w1")
     wait_for(lambda: log.llen("held") == 1, 30, "the worker runs the task again, in a new pool process")
     assert int(log.lrange("holding", -1, -1)[0].split(b"|")[1]) > token
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie has ended too
-        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
