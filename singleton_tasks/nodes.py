@@ -2,17 +2,21 @@
 
 One call sends the same script to every node first and only then reads the replies, so a
 round over five nodes costs about one round trip, not five. A node that fails answers with
-its exception instead of a reply; it never fails the whole round.
+its exception instead of a reply; it never fails the whole round. A round never leaves a reply
+unread on a connection it gives back, even when interrupted (a signal handler's SystemExit).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
 import redis
+from redis.connection import ConnectionPool
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 from redis.backoff import NoBackoff
@@ -72,6 +76,12 @@ class NodeSet:
             if not isinstance(client, redis.Redis):
                 raise ConfigurationError("nodes", spec, "a redis:// URL or a redis.Redis client")
         self.labels = [_label(c) for c in self.clients]
+        # One connection of our own per node, for one round at a time: a pool checkout costs a
+        # poll() and some bookkeeping per node per round. A round that finds a node's lane
+        # busy (another thread's round) takes a pooled connection instead.
+        self._lanes: list[Any] = [None] * len(self.clients)
+        self._lane_locks = [threading.Lock() for _ in self.clients]
+        self._lanes_pid = os.getpid()
         if len(set(self.labels)) != len(self.labels):
             raise ConfigurationError("nodes", self.labels, "each node listed once (a duplicate counts twice)")
         if len(self.clients) % 2 == 0:
@@ -92,44 +102,72 @@ class NodeSet:
         """Run ``script`` on every node (or the indexes in ``only``); a failure is returned, not raised."""
         indexes = range(len(self.clients)) if only is None else only
         results: dict[int, Any] = {}
-        sent: list[tuple[int, Any]] = []
+        out: dict[int, Any] = {}  # connections checked out and not yet back: i -> connection
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        for i in indexes:
-            pool = self.clients[i].connection_pool
-            conn = None
-            try:
-                conn = _get_connection(pool)
-                conn.send_command(*command)
-                sent.append((i, conn))
-            except (RedisError, OSError) as exc:
-                if conn is not None:
-                    conn.disconnect()
-                    pool.release(conn)
-                results[i] = exc
-        for n, (i, conn) in enumerate(sent):
-            pool = self.clients[i].connection_pool
-            try:
+        packed: dict[tuple[str, str], Any] = {}  # packed once per encoding, not once per node
+        try:
+            for i in indexes:
                 try:
-                    results[i] = conn.read_response()
-                except NoScriptError:
-                    conn.send_command("EVAL", script.source, len(keys), *keys, *args)
-                    results[i] = conn.read_response()
-            except (RedisError, OSError) as exc:
+                    conn = out[i] = self._checkout(i)
+                    encoding = (conn.encoder.encoding, conn.encoder.encoding_errors)
+                    if encoding not in packed:
+                        packed[encoding] = conn.pack_command(*command)
+                    conn.send_packed_command(packed[encoding])
+                except (RedisError, OSError) as exc:
+                    results[i] = exc
+                    if i in out:
+                        out[i].disconnect()
+                        self._checkin(i, out.pop(i))
+            for i in list(out):
+                conn = out[i]
+                try:
+                    try:
+                        results[i] = conn.read_response()
+                    except NoScriptError:
+                        conn.send_command("EVAL", script.source, len(keys), *keys, *args)
+                        results[i] = conn.read_response()
+                except (RedisError, OSError) as exc:
+                    conn.disconnect()
+                    results[i] = exc
+                self._checkin(i, out.pop(i))
+        except BaseException:  # SystemExit from a signal handler: no reply may be left unread
+            for i, conn in out.items():
                 conn.disconnect()
-                results[i] = exc
-            except BaseException:  # SystemExit from a signal handler: no reply may be left unread
-                for j, unread in sent[n:]:
-                    unread.disconnect()
-                    if j != i:
-                        self.clients[j].connection_pool.release(unread)
-                raise
-            finally:
-                pool.release(conn)
+                self._checkin(i, conn)
+            raise
         return [results[i] for i in indexes]
+
+    def _checkout(self, i: int) -> Any:
+        if self._lanes_pid != os.getpid():  # forked: the parent's sockets are not ours
+            self._lanes = [None] * len(self.clients)
+            self._lane_locks = [threading.Lock() for _ in self.clients]
+            self._lanes_pid = os.getpid()
+        pool = self.clients[i].connection_pool
+        if type(pool) is ConnectionPool and self._lane_locks[i].acquire(blocking=False):
+            lane = self._lanes[i]
+            if lane is None:
+                lane = self._lanes[i] = pool.connection_class(**pool.connection_kwargs)
+            elif getattr(lane, "_sock", None) is not None:  # connected (redis-py's own attribute)
+                try:  # as the pool does: a closed or dirty socket (a restarted node) is replaced
+                    if lane.can_read():
+                        lane.disconnect()
+                except (RedisError, OSError):
+                    lane.disconnect()
+            return lane
+        return _get_connection(pool)
+
+    def _checkin(self, i: int, conn: Any) -> None:
+        if conn is self._lanes[i]:
+            self._lane_locks[i].release()
+        else:
+            self.clients[i].connection_pool.release(conn)
 
     def close(self) -> None:
         for client in self.clients:
             client.connection_pool.disconnect()
+        for lane in self._lanes:
+            if lane is not None:
+                lane.disconnect()
 
 
 def _get_connection(pool: Any) -> Any:
