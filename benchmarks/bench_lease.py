@@ -39,6 +39,7 @@ import redis_lock  # type: ignore[import-untyped]
 from pottery import Redlock
 
 from singleton_tasks import Lease
+from singleton_tasks.nodes import NodeSet
 from singleton_tasks.testing import RedisNode, RedisNodes
 
 TTL = 10  # seconds, for every implementation
@@ -49,6 +50,7 @@ OURS = "singleton-tasks"
 REDIS_PY = "redis-py Lock"
 POTTERY = "pottery Redlock"
 PY_REDIS_LOCK = "python-redis-lock"
+SEQUENTIAL = "ours, one node at a time"
 HELD_TARGET_NS = 1000.0
 RENEW_SCALING_TARGET = 2.0
 
@@ -99,6 +101,27 @@ def ours(nodes: RedisNodes, name: str) -> Subject:
         return not lease.held
 
     return Subject(OURS, len(nodes), lambda: lease.acquire(blocking=False), lease.renew, release, lease.close)
+
+
+class OneNodeAtATime(NodeSet):
+    """The reference for the fan-out: each node's round trip waits for the previous one."""
+
+    def run_script(self, script: Any, keys: Sequence[str], args: Sequence[Any],
+                   only: Sequence[int] | None = None) -> list[Any]:
+        indexes = range(len(self)) if only is None else only
+        return [super(OneNodeAtATime, self).run_script(script, keys, args, only=[i])[0] for i in indexes]
+
+
+def ours_sequential(nodes: RedisNodes, name: str) -> Subject:
+    """The same Lease over a NodeSet that visits the nodes one after another (N > 1 only)."""
+    lease = Lease(name, OneNodeAtATime(nodes.urls, SOCKET_TIMEOUT), ttl=TTL)
+
+    def release() -> bool:
+        lease.release()
+        return not lease.held
+
+    return Subject(SEQUENTIAL, len(nodes), lambda: lease.acquire(blocking=False), lease.renew, release,
+                   lease.nodes.close)
 
 
 def redis_py(nodes: RedisNodes, name: str) -> Subject:
@@ -292,6 +315,35 @@ def renew_cpu_scaling(subjects: Sequence[Subject], impl: str) -> str:
     return f"{five / one:.2f}x ({five:.1f} / {one:.1f} µs of client CPU per renew)"
 
 
+def sequential_scaling(subjects: Sequence[Subject]) -> str:
+    """Renew on 5 nodes, one at a time, over our renew on 1 node."""
+    five = next((s for s in subjects if s.impl == SEQUENTIAL and s.n == 5), None)
+    one = next((s for s in subjects if s.impl == OURS and s.n == 1), None)
+    if five is None or one is None or not five.samples["renew"] or not one.samples["renew"]:
+        return "n/a"
+    return f"{statistics.median(five.samples['renew']) / statistics.median(one.samples['renew']):.2f}x"
+
+
+def steady_renew_scaling(subjects: Sequence[Subject], rounds: int) -> str:
+    """Ours, renew on 5 nodes over 1 when renewals come back to back (the servers stay awake),
+    in alternating runs of 10."""
+    by_n = {s.n: s for s in subjects if s.impl == OURS and s.n in (1, 5)}
+    samples: dict[int, list[int]] = {1: [], 5: []}
+    for n, subject in by_n.items():
+        subject.acquire()
+    for _ in range(rounds):
+        for n, subject in by_n.items():
+            for _ in range(10):
+                start = time.perf_counter_ns()
+                if not subject.renew():  # type: ignore[misc]
+                    raise BenchmarkError(f"{OURS} N={n}: renew did not succeed")
+                samples[n].append(time.perf_counter_ns() - start)
+    for subject in by_n.values():
+        subject.release()
+    one, five = statistics.median(samples[1]) / 1000, statistics.median(samples[5]) / 1000
+    return f"{five / one:.2f}x ({five:.1f} / {one:.1f} µs)"
+
+
 def renew_scaling(subjects: Sequence[Subject], impl: str, batch: int) -> str:
     """Median renew latency on 5 nodes over that on 1 node, then the spread of per-round ratios."""
     by_n = {s.n: s.samples["renew"] for s in subjects if s.impl == impl and s.samples["renew"]}
@@ -339,6 +391,8 @@ def main(argv: Sequence[str]) -> int:
         for n, nodes in groups.items():
             subjects.append(ours(nodes, f"bench-{run_id}-ours-{n}"))
             subjects.append(pottery(nodes, f"bench-{run_id}-pottery-{n}"))
+            if n > 1:
+                subjects.append(ours_sequential(nodes, f"bench-{run_id}-sequential-{n}"))
             if n == 1:
                 subjects.append(redis_py(nodes, f"bench-{run_id}-redis-py"))
                 subjects.append(python_redis_lock(nodes, f"bench-{run_id}-redis-lock"))
@@ -353,10 +407,12 @@ def main(argv: Sequence[str]) -> int:
 
         print(f"renew on 5 nodes / renew on 1 node (target for ours <= {RENEW_SCALING_TARGET:.0f}x):")
         for impl in (OURS, POTTERY):
-            print(f"  {impl:<16} {renew_scaling(subjects, impl, args.batch)}")
+            print(f"  {impl:<24} {renew_scaling(subjects, impl, args.batch)}")
+        print(f"  {SEQUENTIAL:<24} {sequential_scaling(subjects)} (the same lease without the fan-out)")
+        print(f"  {OURS:<24} {steady_renew_scaling(subjects, args.iterations // 20)} back to back")
         print("client CPU per renew, 5 nodes / 1 node (the fan-out's own cost):")
         for impl in (OURS, POTTERY):
-            print(f"  {impl:<16} {renew_cpu_scaling(subjects, impl)}")
+            print(f"  {impl:<24} {renew_cpu_scaling(subjects, impl)}")
 
         held_lease = Lease(f"bench-{run_id}-held", groups[1].urls, ttl=TTL)
         stack.callback(held_lease.close)
