@@ -329,8 +329,9 @@ def steady_renew_scaling(subjects: Sequence[Subject], rounds: int) -> str:
     in alternating runs of 10."""
     by_n = {s.n: s for s in subjects if s.impl == OURS and s.n in (1, 5)}
     samples: dict[int, list[int]] = {1: [], 5: []}
-    for n, subject in by_n.items():
-        subject.acquire()
+    for subject in by_n.values():
+        if not subject.acquire():
+            raise BenchmarkError(f"{OURS} N={subject.n}: acquire did not succeed")
     for _ in range(rounds):
         for n, subject in by_n.items():
             for _ in range(10):

@@ -76,12 +76,10 @@ class NodeSet:
             if not isinstance(client, redis.Redis):
                 raise ConfigurationError("nodes", spec, "a redis:// URL or a redis.Redis client")
         self.labels = [_label(c) for c in self.clients]
-        # One connection of our own per node, for one round at a time: a pool checkout costs a
-        # poll() and some bookkeeping per node per round. A round that finds a node's lane
-        # busy (another thread's round) takes a pooled connection instead.
-        self._lanes: list[Any] = [None] * len(self.clients)
-        self._lane_locks = [threading.Lock() for _ in self.clients]
-        self._lanes_pid = os.getpid()
+        # One connection of our own per node, for one round at a time: a pool checkout costs
+        # some bookkeeping per node per round. A round that finds a node's lane busy (another
+        # thread's round) takes a pooled connection instead. Replaced as a whole after a fork.
+        self._lanes = (os.getpid(), [_Lane() for _ in self.clients])
         if len(set(self.labels)) != len(self.labels):
             raise ConfigurationError("nodes", self.labels, "each node listed once (a duplicate counts twice)")
         if len(self.clients) % 2 == 0:
@@ -102,24 +100,29 @@ class NodeSet:
         """Run ``script`` on every node (or the indexes in ``only``); a failure is returned, not raised."""
         indexes = range(len(self.clients)) if only is None else only
         results: dict[int, Any] = {}
-        out: dict[int, Any] = {}  # connections checked out and not yet back: i -> connection
+        out: dict[int, tuple[Any, _Lane | None]] = {}  # checked out, not yet given back
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         packed: dict[tuple[str, str], Any] = {}  # packed once per encoding, not once per node
         try:
             for i in indexes:
                 try:
-                    conn = out[i] = self._checkout(i)
-                    encoding = (conn.encoder.encoding, conn.encoder.encoding_errors)
-                    if encoding not in packed:
-                        packed[encoding] = conn.pack_command(*command)
-                    conn.send_packed_command(packed[encoding])
+                    out[i] = self._checkout(i)
+                    conn = out[i][0]
+                    encoder = getattr(conn, "encoder", None)  # a caching proxy connection has none
+                    if encoder is None:
+                        conn.send_command(*command)
+                    else:
+                        encoding = (encoder.encoding, encoder.encoding_errors)
+                        if encoding not in packed:
+                            packed[encoding] = conn.pack_command(*command)
+                        conn.send_packed_command(packed[encoding])
                 except (RedisError, OSError) as exc:
                     results[i] = exc
                     if i in out:
-                        out[i].disconnect()
-                        self._checkin(i, out.pop(i))
+                        out[i][0].disconnect()
+                        self._checkin(i, *out.pop(i))
             for i in list(out):
-                conn = out[i]
+                conn = out[i][0]
                 try:
                     try:
                         results[i] = conn.read_response()
@@ -129,45 +132,73 @@ class NodeSet:
                 except (RedisError, OSError) as exc:
                     conn.disconnect()
                     results[i] = exc
-                self._checkin(i, out.pop(i))
+                self._checkin(i, *out.pop(i))
         except BaseException:  # SystemExit from a signal handler: no reply may be left unread
-            for i, conn in out.items():
+            for i, (conn, lane) in out.items():
                 conn.disconnect()
-                self._checkin(i, conn)
+                self._checkin(i, conn, lane)
             raise
         return [results[i] for i in indexes]
 
-    def _checkout(self, i: int) -> Any:
-        if self._lanes_pid != os.getpid():  # forked: the parent's sockets are not ours
-            self._lanes = [None] * len(self.clients)
-            self._lane_locks = [threading.Lock() for _ in self.clients]
-            self._lanes_pid = os.getpid()
+    def _checkout(self, i: int) -> tuple[Any, "_Lane | None"]:
+        pid, lanes = self._lanes
+        if pid != os.getpid():  # forked: the parent's sockets are not ours
+            with _after_fork:
+                pid, lanes = self._lanes
+                if pid != os.getpid():
+                    pid, lanes = self._lanes = (os.getpid(), [_Lane() for _ in self.clients])
         pool = self.clients[i].connection_pool
-        if type(pool) is ConnectionPool and self._lane_locks[i].acquire(blocking=False):
-            lane = self._lanes[i]
-            if lane is None:
-                lane = self._lanes[i] = pool.connection_class(**pool.connection_kwargs)
-            elif getattr(lane, "_sock", None) is not None:  # connected (redis-py's own attribute)
+        lane = lanes[i]
+        if type(pool) is not ConnectionPool or not lane.lock.acquire(blocking=False):
+            return _get_connection(pool), None
+        try:
+            if lane.conn is None:
+                lane.conn = pool.connection_class(**pool.connection_kwargs)
+            elif getattr(lane.conn, "_sock", None) is not None:  # connected (redis-py's own attribute)
                 try:  # as the pool does: a closed or dirty socket (a restarted node) is replaced
-                    if lane.can_read():
-                        lane.disconnect()
+                    if lane.conn.can_read():
+                        lane.conn.disconnect()
                 except (RedisError, OSError):
-                    lane.disconnect()
-            return lane
-        return _get_connection(pool)
+                    lane.conn.disconnect()
+            return lane.conn, lane
+        except BaseException:
+            lane.lock.release()
+            raise
 
-    def _checkin(self, i: int, conn: Any) -> None:
-        if conn is self._lanes[i]:
-            self._lane_locks[i].release()
+    def _checkin(self, i: int, conn: Any, lane: "_Lane | None") -> None:
+        if lane is not None:
+            lane.lock.release()
         else:
             self.clients[i].connection_pool.release(conn)
 
     def close(self) -> None:
         for client in self.clients:
             client.connection_pool.disconnect()
-        for lane in self._lanes:
-            if lane is not None:
-                lane.disconnect()
+        for lane in self._lanes[1]:
+            if lane.conn is not None:
+                lane.conn.disconnect()
+
+
+class _Lane:
+    """A node's own connection; ``lock`` is held by the one round using it."""
+
+    __slots__ = ("lock", "conn")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: Any = None
+
+
+_after_fork = threading.Lock()  # one thread replaces a NodeSet's lanes in a new child
+
+
+def _new_after_fork_lock() -> None:
+    global _after_fork
+    _after_fork = threading.Lock()  # a fork may have copied it locked
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_after_fork_lock)
 
 
 def _get_connection(pool: Any) -> Any:
