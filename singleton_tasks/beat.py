@@ -40,7 +40,7 @@ from .election import LeaderElector
 from .errors import LeaseLost, SingletonError, StaleToken
 from .fence import FencedRecords
 from .interrupts import stop_signals_held
-from .lease import Lease
+from .lease import Lease, default_op_timeout
 from .nodes import NodeSet
 
 log = logging.getLogger("singleton_tasks.beat")
@@ -83,7 +83,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
     def _ensure_elector(self) -> LeaderElector:
         if self._elector is None:
             s = self.settings
-            nodes = NodeSet(list(s.redis_urls), min(1.0, s.lease_ttl / 10))
+            nodes = NodeSet(list(s.redis_urls), default_op_timeout(s.lease_ttl))
             self._lease = Lease(s.beat_lease_name, nodes, ttl=s.lease_ttl, prefix=s.key_prefix,
                                 retry_interval=s.retry_interval)
             self._records = FencedRecords(nodes, f"{s.key_prefix}{{{s.beat_lease_name}}}:schedule")

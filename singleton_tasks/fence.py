@@ -33,6 +33,7 @@ return {1, ARGV[1]}
 #: KEYS: hash.  Returns the flat HGETALL list.
 READ_ALL = Script("return redis.call('HGETALL', KEYS[1])")
 
+
 class FencedRecords:
     """Named JSON records (dicts) written under a fencing token; see the module docstring."""
 

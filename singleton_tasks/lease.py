@@ -81,6 +81,11 @@ def default_retry_interval(ttl: float) -> float:
     return min(0.5, ttl / 4)
 
 
+def default_op_timeout(ttl: float) -> float:
+    """How long one network wait may take: a tenth of the TTL, between 50 ms and 1 s."""
+    return min(1.0, max(0.05, ttl / 10))
+
+
 def validity_deadline(started: float, ttl: float) -> float:
     """The monotonic instant a grant or renewal sent at ``started`` stops being valid."""
     return started + ttl - clock_drift(ttl)
@@ -125,7 +130,7 @@ class Lease:
         self.retry_interval = retry_interval if retry_interval is not None else default_retry_interval(self.ttl)
         if self.retry_interval <= 0:
             raise ConfigurationError("retry_interval", retry_interval, "a positive number of seconds")
-        self.op_timeout = op_timeout if op_timeout is not None else min(1.0, max(0.05, self.ttl / 10))
+        self.op_timeout = op_timeout if op_timeout is not None else default_op_timeout(self.ttl)
         self._owns_nodes = not isinstance(nodes, NodeSet)
         self.nodes = nodes if isinstance(nodes, NodeSet) else NodeSet(nodes, self.op_timeout)
         self.key = f"{prefix}{{{name}}}:lease"

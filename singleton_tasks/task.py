@@ -37,7 +37,7 @@ from .conf import ON_BUSY_POLICIES, SLOT_HEADER, settings_for
 from .election import LeaseKeeper
 from .errors import ConfigurationError, LeaseLost, SingletonError
 from .fence import claim_attempt
-from .lease import Lease
+from .lease import Lease, default_op_timeout
 from .nodes import NodeSet
 
 log = logging.getLogger("singleton_tasks.task")
@@ -164,7 +164,7 @@ class SingletonTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         settings = settings_for(self.app)
         ttl = self.singleton_ttl or settings.task_ttl
-        nodes = _nodes_for(settings.redis_urls, min(1.0, ttl / 10))
+        nodes = _nodes_for(settings.redis_urls, default_op_timeout(ttl))
         headers = self.request.headers or {}
         slot = headers.get(SLOT_HEADER) or getattr(self.request, SLOT_HEADER, None)
         lease = Lease(self.singleton_lease_name(args, kwargs), nodes, ttl=ttl, prefix=settings.key_prefix)
