@@ -58,12 +58,13 @@ class SkippedRun(Ignore):  # type: ignore[misc]
     """The run was skipped (busy, or a beat slot that already ran): acked quietly."""
 
 
-_nodesets: dict[tuple[int, tuple[str, ...]], NodeSet] = {}
+_nodesets: dict[tuple[int, tuple[str, ...], float], NodeSet] = {}
 
 
 def _nodes_for(urls: tuple[str, ...], timeout: float) -> NodeSet:
-    # One connection set per process: pools must not cross a fork (prefork pool).
-    key = (os.getpid(), urls)
+    # One connection set per process and timeout: pools must not cross a fork (prefork
+    # pool), and a task with a short TTL must not wait as long as one with a long TTL.
+    key = (os.getpid(), urls, timeout)
     if key not in _nodesets:
         _nodesets[key] = NodeSet(list(urls), timeout)
     return _nodesets[key]
