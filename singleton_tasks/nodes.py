@@ -103,10 +103,11 @@ class NodeSet:
         out: dict[int, tuple[Any, _Lane | None]] = {}  # checked out, not yet given back
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         packed: dict[tuple[str, str], Any] = {}  # packed once per encoding, not once per node
+        lanes = self._current_lanes()
         try:
             for i in indexes:
                 try:
-                    out[i] = self._checkout(i)
+                    out[i] = self._checkout(i, lanes[i])
                     conn = out[i][0]
                     encoder = getattr(conn, "encoder", None)  # a caching proxy connection has none
                     if encoder is None:
@@ -140,15 +141,17 @@ class NodeSet:
             raise
         return [results[i] for i in indexes]
 
-    def _checkout(self, i: int) -> tuple[Any, "_Lane | None"]:
+    def _current_lanes(self) -> list["_Lane"]:
         pid, lanes = self._lanes
         if pid != os.getpid():  # forked: the parent's sockets are not ours
             with _after_fork:
                 pid, lanes = self._lanes
                 if pid != os.getpid():
                     pid, lanes = self._lanes = (os.getpid(), [_Lane() for _ in self.clients])
+        return lanes
+
+    def _checkout(self, i: int, lane: "_Lane") -> tuple[Any, "_Lane | None"]:
         pool = self.clients[i].connection_pool
-        lane = lanes[i]
         if type(pool) is not ConnectionPool or not lane.lock.acquire(blocking=False):
             return _get_connection(pool), None
         try:
