@@ -41,6 +41,26 @@ ROOT = HERE.parent.parent
 # -- parent side -----------------------------------------------------------------------
 
 
+def kill_node(node: Any) -> None:
+    """SIGKILL a ``RedisNode`` and prove it is gone: its process died of it, its port refuses."""
+    import pytest
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    proc = node.process
+    assert proc is not None
+    node.kill()
+    assert proc.returncode == -signal.SIGKILL and not node.running
+    probe = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=0.5, socket_connect_timeout=0.5,
+                        retry=Retry(NoBackoff(), 0))  # redis-py's default would retry for seconds
+    try:
+        with pytest.raises(redis.ConnectionError):
+            probe.ping()
+    finally:
+        probe.close()
+
+
 class Child:
     """One child process running this file in ``mode``; its stdout lines arrive on a queue."""
 

@@ -14,15 +14,11 @@ import time
 from typing import Any, Iterator
 
 import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from fault_helpers import Children
+from fault_helpers import Children, kill_node
 from procs import proc_state, wait_for
 from singleton_tasks import LeaderElector, Lease
 from singleton_tasks.election import next_wait
-from singleton_tasks.testing import RedisNode
 
 
 @pytest.fixture
@@ -81,21 +77,6 @@ class Events:
 
     def times(self, kind: str) -> list[float]:
         return [t for k, t in self.log if k == kind]
-
-
-def kill_node(node: RedisNode) -> None:
-    """SIGKILL a node and prove it is gone."""
-    proc = node.process
-    assert proc is not None
-    node.kill()
-    assert proc.returncode == -signal.SIGKILL and not node.running
-    probe = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=0.5, socket_connect_timeout=0.5,
-                        retry=Retry(NoBackoff(), 0))
-    try:
-        with pytest.raises(redis.ConnectionError):
-            probe.ping()
-    finally:
-        probe.close()
 
 
 def only_notices_woke(lease: ObservedLease, since: float) -> bool:

@@ -17,11 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from fault_helpers import Children
+from fault_helpers import Children, kill_node
 from procs import proc_state, wait_for
 from singleton_tasks import Lease
 from singleton_tasks.lease import clock_drift
@@ -33,16 +30,6 @@ def children() -> Iterator[Children]:
     group = Children()
     yield group
     group.close()
-
-
-def assert_unreachable(node: RedisNode) -> None:
-    probe = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=0.5, socket_connect_timeout=0.5,
-                        retry=Retry(NoBackoff(), 0))  # redis-py's default would retry for seconds
-    try:
-        with pytest.raises(redis.ConnectionError):
-            probe.ping()
-    finally:
-        probe.close()
 
 
 def read_key(node: RedisNode, key: str) -> Any:
@@ -111,11 +98,7 @@ class MinorityFaults:
         self.fired[kind] += 1
         if kind == "kill":
             fence = read_key(node, self.fence_key)
-            proc = node.process
-            assert proc is not None
-            node.kill()
-            assert proc.returncode == -signal.SIGKILL and not node.running
-            assert_unreachable(node)
+            kill_node(node)
             self.active[i] = ["kill", self.rng.randint(2, 8), fence]
         elif kind == "pause":
             assert node.process is not None
