@@ -30,6 +30,7 @@ class TcpProxy:
         self._threads: list[threading.Thread] = []
         self.held_chunks = 0  # chunks that arrived while cut
         self.late_chunks = 0  # chunks delivered after a heal, having been held by a cut
+        self.open_upstreams = 0  # connections to the node that the node has not closed yet
         self._spawn(self._accept_loop)
 
     @property
@@ -82,12 +83,14 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             self._sockets += [client, upstream]
+            with self._cond:
+                self.open_upstreams += 1
             for src, dst in ((client, upstream), (upstream, client)):
                 pending: deque[tuple[float, bytes, bool]] = deque()
-                self._spawn(self._read, src, pending)
+                self._spawn(self._read, src, pending, src is upstream)
                 self._spawn(self._write, dst, pending)
 
-    def _read(self, src: socket.socket, pending: deque[tuple[float, bytes, bool]]) -> None:
+    def _read(self, src: socket.socket, pending: deque[tuple[float, bytes, bool]], from_node: bool) -> None:
         while True:
             try:
                 data = src.recv(65536)
@@ -96,6 +99,7 @@ class TcpProxy:
             with self._cond:
                 held = self._cut
                 self.held_chunks += held and bool(data)
+                self.open_upstreams -= from_node and not data  # the node read all it was sent, then closed
                 pending.append((time.monotonic(), data, held))  # b"": the sender closed its side
                 self._cond.notify_all()
             if not data:
