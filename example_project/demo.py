@@ -73,7 +73,7 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: fl
 
 
 def slot_time(slot: str | None) -> str:
-    """``charge-acme@1764136212000`` -> ``12:30:12.000`` (UTC)."""
+    """``beat/charge-acme@1764136212000`` -> ``12:30:12.000`` (UTC)."""
     if not slot or "@" not in slot:
         return "-"
     ms = int(slot.rsplit("@", 1)[1])
@@ -206,11 +206,12 @@ class Demo:
 
         from example_project.djangoproj.celery import app
         from singleton_tasks import Lease, settings_for
+        from singleton_tasks.keys import beat_lease_name
 
         self.app = app
         s = self.settings = settings_for(app)
         # Only used to ask who holds the beat lease (Lease.holder()); never acquired here.
-        self.beat_lease = Lease(s.beat_lease_name, list(s.redis_urls), ttl=s.lease_ttl, prefix=s.key_prefix,
+        self.beat_lease = Lease(beat_lease_name(s.beat_lease_name), list(s.redis_urls), ttl=s.lease_ttl, prefix=s.key_prefix,
                                 op_timeout=1.0)
         self.stack.append(self.beat_lease.nodes.close)
 
@@ -325,6 +326,7 @@ class Demo:
     def stale_leader(self) -> None:
         assert self.procs is not None
         from singleton_tasks import Lease
+        from singleton_tasks.keys import task_lease_name
 
         heading(f"3. Fencing: a frozen run of {TASK}('{STALE_ACCOUNT}') wakes up after losing its lease")
         lines: queue.Queue[str] = queue.Queue()
@@ -334,7 +336,7 @@ class Demo:
         paused = _expect(lines, "PAUSED", timeout=60)
         stale_token = int(paused.split("token=")[1])
         self.wait("the stale run to stop", lambda: _state(proc.pid) == "T", timeout=5)
-        lease_name = f"{TASK}:{STALE_ACCOUNT}"
+        lease_name = task_lease_name(f"{TASK}:{STALE_ACCOUNT}")
         say(f"stale-run (pid {proc.pid}) took lease {lease_name} with token {stale_token}, passed "
             "guard(), and froze itself (SIGSTOP) right before its API call")
         s = self.settings
@@ -423,7 +425,7 @@ class Demo:
         resent = 0
         for name in self.beats:
             text = (self.log_dir / f"{name}.log").read_text(errors="replace")
-            sent.update(re.findall(rf"beat: sending ({re.escape(BEAT_ENTRY)}@\d+) ", text))
+            sent.update(re.findall(rf"beat: sending ([^\s/]+/{re.escape(BEAT_ENTRY)}@\d+) ", text))
             resent += len(re.findall(r"that the previous leader reserved", text))
         return sent, resent
 

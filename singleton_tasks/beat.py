@@ -16,7 +16,7 @@ replicas. Guarantees:
   late run), ``skip`` (a run more than ``singleton_missed_grace`` seconds late is not sent),
   or ``catch_up`` (each missed slot is sent, at most ``singleton_catch_up_limit`` in a row).
 
-Each message carries the headers ``singleton_slot`` (entry name and due time) and
+Each message carries the headers ``singleton_slot`` (schedule, entry name and due time) and
 ``singleton_token`` (the leader's fencing token), and a task id derived from the slot.
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +34,7 @@ from celery.signals import beat_embedded_init
 from celery.utils.time import maybe_make_aware
 from kombu.utils.url import maybe_sanitize_url
 
+from . import keys
 from .conf import SLOT_HEADER, TOKEN_HEADER, settings_for
 from .election import LeaderElector
 from .errors import LeaseLost, SingletonError, StaleToken
@@ -42,6 +42,7 @@ from .fence import FencedRecords
 from .interrupts import stop_signals_held
 from .lease import Lease, default_op_timeout
 from .nodes import NodeSet
+from .probes import warn_if_evicting
 
 log = logging.getLogger("singleton_tasks.beat")
 
@@ -55,12 +56,9 @@ def _remember_worker(**_: Any) -> None:
     _embedded_in = os.getppid()
 
 
-_SLOT_NAMESPACE = uuid.UUID("5f0c1f39-5c3b-4a53-9a43-2b1f0fb2f9a1")
-
-
-def slot_task_id(slot: str) -> str:
-    """The task id of a beat slot: the same for every leader that sends that slot."""
-    return str(uuid.uuid5(_SLOT_NAMESPACE, slot))
+#: A shared record whose last run is later than now by more than this (clock skew between
+#: beat hosts aside) cannot be right, and would stop its entry: it is ignored, with a warning.
+FUTURE_TOLERANCE = timedelta(seconds=60)
 
 
 class LeaderScheduler(Scheduler):  # type: ignore[misc]
@@ -76,6 +74,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         self._led_token: int | None = None
         self._reserved: dict[str, tuple[str, dict[str, Any]] | None] = {}
         self._late_in_a_row: dict[str, int] = {}
+        self._failing: str | None = None  # the last tick failure logged, until a tick succeeds
         super().__init__(app, *args, **kwargs)
 
     # -- election ------------------------------------------------------------------------
@@ -84,9 +83,10 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         if self._elector is None:
             s = self.settings
             nodes = NodeSet(list(s.redis_urls), default_op_timeout(s.lease_ttl))
-            self._lease = Lease(s.beat_lease_name, nodes, ttl=s.lease_ttl, prefix=s.key_prefix,
-                                retry_interval=s.retry_interval)
-            self._records = FencedRecords(nodes, f"{s.key_prefix}{{{s.beat_lease_name}}}:schedule")
+            warn_if_evicting(nodes)
+            self._lease = Lease(keys.beat_lease_name(s.beat_lease_name), nodes, ttl=s.lease_ttl,
+                                prefix=s.key_prefix, retry_interval=s.retry_interval)
+            self._records = FencedRecords(nodes, keys.schedule_key(s.key_prefix, s.beat_lease_name))
             self._elector = LeaderElector(self._lease, renew_interval=s.renew_interval,
                                           retry_interval=s.retry_interval).start()
         return self._elector
@@ -119,11 +119,19 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
                 if token != self._led_token:
                     self._take_over(token)
                 delay = float(super().tick(*args, **kwargs))
+            if self._failing is not None:
+                log.warning("beat: dispatching again (after: %s)", self._failing)
+                self._failing = None
             return min(delay, self.settings.renew_interval, self._lease.valid_for())
         except Exception as exc:  # any escape would end beat: treat it as "not leader now"
-            log.error("beat: not dispatching this tick: %s", exc, exc_info=not isinstance(exc, SingletonError))
+            if str(exc) != self._failing:  # once per distinct failure, not once per tick
+                log.error("beat: not dispatching: %s", exc, exc_info=not isinstance(exc, SingletonError))
+                self._failing = str(exc)
             if isinstance(exc, StaleToken) and self._lease is not None:
-                self._lease.release()  # a newer leader wrote the schedule: step down now
+                # A newer leader wrote the schedule: step down now. If instead our fence was
+                # lowered behind our back, the next grant must still beat what was written.
+                self._lease.exceed(exc.highest)
+                self._lease.release()
             self._heap = None  # a half-done tick may have popped an entry from the heap
             self._led_token = None  # re-read the shared state before dispatching again
             return self.settings.retry_interval
@@ -131,21 +139,39 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
     def _take_over(self, token: int) -> None:
         """Start leading: adopt the shared schedule state and send what a dead leader reserved."""
         assert self._records is not None
-        records = self._records.read_all()
-        log.info("beat: leading with token %d (%d entries with shared state)", token, len(records))
+        found = self._records.read_all()
+        log.info("beat: leading with token %d (%d entries with shared state)", token, len(found))
+        records = {}
         for name, entry in self.schedule.items():
-            record = records.get(name)
-            if record is None:
-                continue
-            entry.last_run_at = maybe_make_aware(datetime.fromisoformat(record["last_run_at"]))
-            entry.total_run_count = int(record["total_run_count"])
+            record = found.get(name) and self._usable(name, found[name])
+            if record:
+                entry.last_run_at, entry.total_run_count = record["last_run_at"], record["total_run_count"]
+                records[name] = record
         self._led_token = token
         self._heap = None
         for name, entry in list(self.schedule.items()):
-            record = records.get(name)
-            if record and record.get("pending"):
-                log.info("beat: sending slot %s that the previous leader reserved", record["pending"])
-                self._send(entry, record["pending"], self._record(entry, None))
+            pending = records.get(name, {}).get("pending")
+            if pending:
+                log.info("beat: sending slot %s that the previous leader reserved", pending)
+                self._send(entry, pending, self._record(entry, None))
+
+    def _usable(self, name: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        """The shared record of entry ``name``, checked; None (with a warning) if it cannot be right."""
+        try:
+            last = maybe_make_aware(datetime.fromisoformat(record["last_run_at"]))
+            count = int(record["total_run_count"])
+            pending = record.get("pending")
+            if count < 0 or not (pending is None or (isinstance(pending, str) and keys.parse_slot(pending))):
+                raise ValueError("a negative run count, or a pending value that is not a slot id")
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("beat: ignoring the shared record of %s, which does not parse (%s): %.200r", name, exc, record)
+            return None
+        now = maybe_make_aware(self.app.now())
+        if last > now + FUTURE_TOLERANCE:
+            log.warning("beat: ignoring the shared record of %s: its last run %s is in the future (now %s)",
+                        name, last.isoformat(), now.isoformat())
+            return None
+        return {"last_run_at": last, "total_run_count": count, "pending": pending}
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -155,7 +181,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             raise LeaseLost("beat lease not held")
         now = entry.default_now()
         due = self._due_time(entry, now)
-        slot = f"{entry.name}@{int(due.timestamp() * 1000)}"
+        slot = keys.slot_id(self.settings.beat_lease_name, entry.name, int(due.timestamp() * 1000))
         late = (now - due).total_seconds()
         new_entry = next(entry)
         send = True
@@ -192,7 +218,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             return
         options = dict(entry.options)
         options["headers"] = {**(options.get("headers") or {}), SLOT_HEADER: slot, TOKEN_HEADER: token}
-        options.setdefault("task_id", slot_task_id(slot))
+        options.setdefault("task_id", keys.slot_task_id(self.settings.key_prefix, slot))
         to_send = copy.copy(entry)
         to_send.options = options
         log.info("beat: sending %s (%s) token %d", slot, entry.task, token)
@@ -244,5 +270,6 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         s = self.settings
         nodes = ", ".join(maybe_sanitize_url(u) for u in s.redis_urls)
         role = "leader" if self.is_leader else "follower (campaigning)"
-        return (f"    . singleton lease -> {s.key_prefix}{{{s.beat_lease_name}}} ttl={s.lease_ttl:g}s "
+        key = keys.lease_key(s.key_prefix, keys.beat_lease_name(s.beat_lease_name))
+        return (f"    . singleton lease -> {key} ttl={s.lease_ttl:g}s "
                 f"renew={s.renew_interval:.3g}s\n    . singleton nodes -> {nodes}\n    . singleton role -> {role}")

@@ -197,11 +197,15 @@ class LeaderElector:
     # -- the loop ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        failing: str | None = None
         while not self._stop.is_set():
             try:
                 self._step()
-            except Exception:  # the loop must outlive any failure; treat it as "not leading"
-                log.exception("lease %s: elector step failed", self.lease.name)
+                failing = None
+            except Exception as exc:  # the loop must outlive any failure; treat it as "not leading"
+                if repr(exc) != failing:  # logged once per distinct failure, not once per step
+                    log.exception("lease %s: elector step failed", self.lease.name)
+                failing = repr(exc)
                 self._step_down("error")
             wait = next_wait(self._leading, self.lease.valid_for(), self.lease.ttl,
                              self.renew_interval, self.retry_interval, self._renew_failed)

@@ -5,7 +5,9 @@
     ``LeaseError`` - something about the shared lease; the caller may retry later.
         ``LeaseLost`` - the lease this code relied on is gone; stop the work now.
         ``MalformedLeaseValue`` - Redis holds a value this library did not write.
+        ``AccessDenied`` - a node refuses us for good (credentials, permissions): fix access.
     ``StaleToken`` - a fenced write was refused because a newer token was seen.
+    ``TaskBusy`` - another run of a singleton task holds its lease (``on_busy="raise"``).
 """
 
 from __future__ import annotations
@@ -43,10 +45,27 @@ class MalformedLeaseValue(LeaseError):
         self.key = key
         self.value = value
         self.node = node
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        super().__init__(f"key {key!r} on {node} holds a value not written by singleton-tasks: {shown}")
+        super().__init__(f"key {key!r} on {node} {foreign_value(key, value)}")
+
+
+def foreign_value(key: str, value: object) -> str:
+    """How a value this library never writes is reported: shortened, shown, never parsed further."""
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"holds a value not written by singleton-tasks: {shown}"
+
+
+class AccessDenied(LeaseError):
+    """Nodes refuse this client for good (a wrong password, a missing ACL permission).
+
+    Raised instead of retrying forever when too few nodes are left to make a majority.
+    """
+
+    def __init__(self, lease: str, errors: str) -> None:
+        self.lease = lease
+        self.errors = errors
+        super().__init__(f"lease {lease}: access denied, not retrying: {errors}")
 
 
 class StaleToken(SingletonError):
@@ -56,3 +75,7 @@ class StaleToken(SingletonError):
         self.token = token
         self.highest = highest
         super().__init__(f"fencing token {token} is stale: {highest} was already accepted")
+
+
+class TaskBusy(SingletonError):
+    """Another run of the same singleton task holds the lease (``on_busy="raise"``)."""

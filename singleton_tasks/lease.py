@@ -37,10 +37,11 @@ from typing import Any, Callable, Protocol, Sequence
 from redis.client import PubSub
 from redis.exceptions import RedisError
 
-from . import scripts
+from . import keys, scripts
 from .clock import Clock, monotonic
-from .errors import ConfigurationError, LeaseError, MalformedLeaseValue
+from .errors import AccessDenied, ConfigurationError, LeaseError, MalformedLeaseValue, foreign_value
 from .nodes import NodeSet, NodeSpec
+from .quorum import PERMANENT_ERRORS, Tally, describe, tally
 
 log = logging.getLogger("singleton_tasks.lease")
 
@@ -62,6 +63,9 @@ class LeaseProtocol(Protocol):
     @property
     def token(self) -> int | None: ...
     def valid_for(self) -> float: ...
+    @property
+    def unreachable(self) -> str | None: ...
+    def exceed(self, token: int) -> None: ...
     def holder(self) -> dict[str, Any] | None: ...
     def on_release(self, callback: Callable[[], None]) -> Callable[[], None]: ...
 
@@ -89,6 +93,12 @@ def default_op_timeout(ttl: float) -> float:
 def validity_deadline(started: float, ttl: float) -> float:
     """The monotonic instant a grant or renewal sent at ``started`` stops being valid."""
     return started + ttl - clock_drift(ttl)
+
+
+#: The highest token this process has seen per fence (its nodes and key): a grant never goes
+#: below it, even if someone lowered the fence on the nodes.
+_seen_tokens: dict[tuple[tuple[str, ...], str], int] = {}
+_seen_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -133,13 +143,15 @@ class Lease:
         self.op_timeout = op_timeout if op_timeout is not None else default_op_timeout(self.ttl)
         self._owns_nodes = not isinstance(nodes, NodeSet)
         self.nodes = nodes if isinstance(nodes, NodeSet) else NodeSet(nodes, self.op_timeout)
-        self.key = f"{prefix}{{{name}}}:lease"
-        self.fence_key = f"{prefix}{{{name}}}:fence"
-        self.channel = f"{prefix}{{{name}}}:released"
+        self.key = keys.lease_key(prefix, name)
+        self.fence_key = keys.fence_key(prefix, name)
+        self.channel = keys.release_channel(prefix, name)
         self._clock = clock
         self._wall_clock = wall_clock
         self._grant: _Grant | None = None
-        self._failing: set[int] = set()  # indexes of nodes whose last operation failed
+        self._last_attempt: Tally | None = None
+        self._problems: dict[tuple[int, str], str] = {}  # (node, topic) -> what is wrong there now
+        self._history = (tuple(self.nodes.labels), self.fence_key)
         self._lock = threading.Lock()  # serialises acquire/renew/release; reads need none
 
     # -- local state, no I/O -------------------------------------------------------------
@@ -164,13 +176,21 @@ class Lease:
     # -- network operations --------------------------------------------------------------
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Take the lease. Blocking waits (up to ``timeout`` seconds) with jittered retries."""
+        """Take the lease. Blocking waits (up to ``timeout`` seconds) with jittered retries.
+
+        A blocking acquire raises ``AccessDenied`` when nodes refuse this client for good
+        (wrong credentials, missing permissions) and too few are left for a majority.
+        """
         give_up = None if timeout is None else self._clock() + timeout
         while True:
             if self._try_acquire():
                 return True
             if not blocking:
                 return False
+            attempt = self._last_attempt
+            denied = attempt.permanent if attempt is not None else ()
+            if denied and len(self.nodes) - len(denied) < self.nodes.quorum:
+                raise AccessDenied(self.name, "; ".join(f"{self.nodes.labels[i]}: {describe(e)}" for i, e in denied))
             pause = random.uniform(0.5, 1.0) * self.retry_interval
             if give_up is not None:
                 left = give_up - self._clock()
@@ -216,6 +236,26 @@ class Lease:
             if grant is not None:
                 self._release_owner(grant.owner)
 
+    @property
+    def unreachable(self) -> str | None:
+        """Why the last acquire attempt failed if node errors, not a holder, kept it from a
+        majority: the failed nodes and their own errors. None after a grant or a refusal."""
+        attempt = self._last_attempt
+        if attempt is None or attempt.reached or attempt.refused_by_majority or not attempt.failed:
+            return None
+        return attempt.summary(self.nodes.labels)
+
+    def exceed(self, token: int) -> None:
+        """Make every later grant's token larger than ``token``.
+
+        For a token a fenced resource reports it has already accepted (``StaleToken``): the
+        lease's own fence may have been lowered by someone else, and would otherwise keep
+        handing out tokens that resource refuses.
+        """
+        with _seen_lock:
+            if token > _seen_tokens.get(self._history, 0):
+                _seen_tokens[self._history] = token
+
     def holder(self) -> dict[str, Any] | None:
         """Who holds the lease now, read from the nodes: host, pid, id, token and ttl (s).
 
@@ -226,9 +266,11 @@ class Lease:
         """
         replies = self.nodes.run_script(scripts.INSPECT, [self.key, self.fence_key], [])
         self._log_failures("inspect", replies)
-        readable = [(i, r) for i, r in enumerate(replies) if isinstance(r, list)]
-        if len(readable) < self.nodes.quorum:
-            raise LeaseError(f"lease {self.name}: fewer than {self.nodes.quorum} nodes answered")
+        counted = tally(replies, lambda r: isinstance(r, list))
+        if not counted.reached:
+            raise LeaseError(f"lease {self.name}: fewer than {self.nodes.quorum} nodes answered "
+                             f"({counted.errors(self.nodes.labels)})")
+        readable = [(i, replies[i]) for i in counted.accepted]
         owners: dict[bytes, list[tuple[int, int, bytes]]] = {}
         for i, (owner, pttl, fence) in readable:
             if owner:
@@ -294,30 +336,33 @@ class Lease:
             deadline = validity_deadline(started, self.ttl)
             replies = self.nodes.run_script(scripts.ACQUIRE, [self.key, self.fence_key], [owner, self._ttl_ms])
             self._log_failures("acquire", replies)
-            granted = {i: (r[1], r[2] == 1) for i, r in enumerate(replies) if isinstance(r, list) and r[0] == 1}
-            if len(granted) < self.nodes.quorum:
-                self._release_owner(owner, announce=False)
+            self._last_attempt = attempt = tally(replies, lambda r: isinstance(r, list) and r[0] == 1)
+            for i in attempt.refused:
+                self._check_owner(replies[i], i)
+            if not attempt.reached:
+                if attempt.accepted or attempt.failed:  # a lost reply may hide a grant
+                    self._release_owner(owner, announce=False)
                 return False
-            try:
-                token = self._next_token(granted)
-            except MalformedLeaseValue:
-                self._release_owner(owner, announce=False)
-                raise
+            granted = {i: (replies[i][1], replies[i][2] == 1) for i in attempt.accepted}
+            token = self._next_token(granted)
             if all(raised and int(fence) == token for fence, raised in granted.values()):
                 # Round 1 already recorded this token on every granting node, a majority.
                 confirmed = [1] * len(granted)
+            elif self._clock() >= deadline:
+                # Too late for round 2: a repair written now could land after a newer grant
+                # read that node, and make a later token smaller than this one.
+                self._release_owner(owner, announce=False)
+                return False
             else:
                 confirmed = self.nodes.run_script(
                     scripts.CONFIRM, [self.key, self.fence_key], [owner, token], only=list(granted)
                 )
                 self._log_failures("confirm", confirmed, list(granted))
-                for i, reply in zip(granted, confirmed):
-                    if reply == -1:
-                        log.error("%s", MalformedLeaseValue(self.fence_key, "(not a number)", self.nodes.labels[i]))
             if sum(1 for r in confirmed if r == 1) < self.nodes.quorum or self._clock() >= deadline:
                 self._release_owner(owner, announce=False)
                 return False
             self._grant = _Grant(owner, token, deadline)
+            self.exceed(token)
             log.debug("lease %s: acquired, token %d, valid %.3fs", self.name, token, deadline - self._clock())
             return True
 
@@ -325,11 +370,10 @@ class Lease:
         # Round 1 raised every granting node's fence by one. The largest exceeds every token
         # granted before: that grant wrote its token to a majority, which meets this one.
         fences: dict[int, int] = {}
-        for i, (fence, raised) in granted.items():
-            if fence and not raised:
-                raise MalformedLeaseValue(self.fence_key, fence, self.nodes.labels[i])
-            if fence:
-                fences[i] = self._parse_fence(fence, i)
+        for i, (raw, raised) in granted.items():
+            fence = self._valid_fence(raw, raised, i)
+            if fence is not None:
+                fences[i] = fence
         token = max(fences.values(), default=1)
         if len(fences) < self.nodes.quorum:
             # Too few nodes that granted remember any history: it may have been wiped.
@@ -338,7 +382,43 @@ class Lease:
                 log.info("lease %s: %d of %d granting nodes have no fence; token from the clock",
                          self.name, len(granted) - len(fences), len(granted))
                 token = floor
+        with _seen_lock:
+            seen = _seen_tokens.get(self._history, 0)
+        if token <= seen:
+            log.error("lease %s: the fence %s went back: its nodes give token %d, but token %d was seen "
+                      "before; granting %d instead (did something else write that key?)",
+                      self.name, self.fence_key, token, seen, seen + 1)
+            token = seen + 1
         return token
+
+    def _valid_fence(self, raw: bytes, raised: bool, node: int) -> int | None:
+        """A granting node's fence, or None when it has none we can count (reported once)."""
+        topic = f"value {self.fence_key}"
+        if not raw:
+            self._report(node, topic, None)
+            return None  # no fence at all: a new or wiped node, repaired by round 2
+        fence = int(raw) if raised else None  # not raised: the value is not an integer
+        if fence is None or fence < 1:
+            self._report(node, topic, f"key {self.fence_key!r} {foreign_value(self.fence_key, raw)}; not counted"
+                         + (" (repaired by this grant)" if fence is not None else ", delete it to repair"),
+                         logging.ERROR, f"the foreign value in {self.fence_key} is gone")
+            return None
+        self._report(node, topic, None)
+        return fence
+
+    def _check_owner(self, reply: Any, node: int) -> None:
+        """Report, once, a lease key holding a value this library never writes."""
+        if not isinstance(reply, list) or len(reply) < 2 or not reply[1]:
+            return
+        topic = f"value {self.key}"
+        try:
+            self._parse_owner(reply[1], node)
+        except MalformedLeaseValue:
+            self._report(node, topic, f"key {self.key!r} {foreign_value(self.key, reply[1])}; nobody can take "
+                         "the lease there until it is deleted",
+                         logging.ERROR, f"the foreign value in {self.key} is gone")
+            return
+        self._report(node, topic, None)
 
     def _parse_fence(self, raw: bytes | str, node: int) -> int:
         try:
@@ -362,19 +442,29 @@ class Lease:
         self._log_failures("release", replies)
 
     def _log_failures(self, operation: str, replies: list[Any], only: Sequence[int] | None = None) -> None:
-        # One warning when a node starts failing and one line when it answers again, not one
-        # per operation: an outage must be visible without flooding the log.
+        # One line when a node starts failing and one when it answers again, not one per
+        # operation: an outage must be visible without flooding the log.
         for i, reply in zip(range(len(self.nodes)) if only is None else only, replies):
-            label = self.nodes.labels[i]
             if isinstance(reply, Exception):
-                if i not in self._failing:
-                    self._failing.add(i)
-                    log.warning("lease %s: node %s failed (%s): %s", self.name, label, operation, reply)
-                else:
-                    log.debug("lease %s: node %s still failing (%s): %s", self.name, label, operation, reply)
-            elif i in self._failing:
-                self._failing.discard(i)
-                log.warning("lease %s: node %s answers again", self.name, label)
+                level = logging.ERROR if isinstance(reply, PERMANENT_ERRORS) else logging.WARNING
+                self._report(i, "error", f"failed ({operation}): {describe(reply)}", level, "answers again")
+            else:
+                self._report(i, "error", None)
+
+    def _report(self, node: int, topic: str, problem: str | None, level: int = logging.WARNING,
+                resolved: str = "") -> None:
+        """Log ``problem`` of ``node`` when it appears and ``resolved`` when it is gone, once each."""
+        key = (node, topic)
+        label = self.nodes.labels[node]
+        if problem is None:
+            gone = self._problems.pop(key, None)
+            if gone is not None:
+                log.warning("lease %s: node %s: %s", self.name, label, gone)
+        elif key not in self._problems:
+            self._problems[key] = resolved
+            log.log(level, "lease %s: node %s: %s", self.name, label, problem)
+        else:
+            log.debug("lease %s: node %s still: %s", self.name, label, problem)
 
 
 def _keep_listening(exc: BaseException, pubsub: PubSub, thread: Any) -> None:

@@ -33,21 +33,19 @@ from celery.local import Proxy
 from celery.exceptions import Ignore
 from celery.utils.dispatch import Signal
 
+from . import keys
 from .conf import ON_BUSY_POLICIES, SLOT_HEADER, settings_for
 from .election import LeaseKeeper
-from .errors import ConfigurationError, LeaseLost, SingletonError
-from .fence import claim_attempt
+from .errors import ConfigurationError, LeaseError, LeaseLost, SingletonError, TaskBusy
+from .fence import SLOT_MEMORY, Claim, claim_slot
 from .lease import Lease, default_op_timeout
 from .nodes import NodeSet
+from .probes import warn_if_evicting
 
 log = logging.getLogger("singleton_tasks.task")
 
 #: Sent when a running singleton task loses its lease: sender=task, name=lease name, token.
 lease_lost = Signal(name="singleton_lease_lost", providing_args={"name", "token"})
-
-
-class TaskBusy(SingletonError):
-    """Another run of the same singleton task holds the lease (``on_busy="raise"``)."""
 
 
 class LeaseLostIgnore(LeaseLost, Ignore):  # type: ignore[misc]
@@ -67,15 +65,18 @@ def _nodes_for(urls: tuple[str, ...], timeout: float) -> NodeSet:
     key = (os.getpid(), urls, timeout)
     if key not in _nodesets:
         _nodesets[key] = NodeSet(list(urls), timeout)
+        if not any(k[:2] == key[:2] for k in _nodesets if k != key):
+            warn_if_evicting(_nodesets[key])  # once per process and set of nodes
     return _nodesets[key]
 
 
 class SingletonRun:
     """What a running singleton task may ask of its lease. One per run."""
 
-    def __init__(self, task: Task, lease: Lease) -> None:
+    def __init__(self, task: Task, lease: Lease, slot: str | None = None) -> None:
         self._task = task
         self._lease = lease
+        self._slot = slot
         self._token = lease.token
         self._reported = threading.Lock()
         self._keeper = LeaseKeeper(lease, on_lost=self.report_lost)
@@ -98,6 +99,11 @@ class SingletonRun:
     @property
     def name(self) -> str:
         return self._lease.name
+
+    @property
+    def slot(self) -> str | None:
+        """The beat slot this run was sent for (``SCHEDULE/ENTRY@DUE_MS``), None when sent by hand."""
+        return self._slot
 
     @property
     def token(self) -> int:
@@ -168,21 +174,20 @@ class SingletonTask(Task):  # type: ignore[misc]
         nodes = _nodes_for(settings.redis_urls, default_op_timeout(ttl))
         headers = self.request.headers or {}
         slot = headers.get(SLOT_HEADER) or getattr(self.request, SLOT_HEADER, None)
-        lease = Lease(self.singleton_lease_name(args, kwargs), nodes, ttl=ttl, prefix=settings.key_prefix)
+        name = keys.task_lease_name(self.singleton_lease_name(args, kwargs))
+        lease = Lease(name, nodes, ttl=ttl, prefix=settings.key_prefix)
         if not lease.acquire(blocking=False):
+            unreachable = lease.unreachable
+            if unreachable:  # not busy: the nodes failed, so say so instead of skipping quietly
+                log.warning("%s: not run: lease %s could not be taken: %s", self.name, name, unreachable)
+                raise LeaseError(f"{self.name}: lease {name} could not be taken: {unreachable}")
             # A busy beat slot is skipped, never retried: the holder may be this very slot
             # (a duplicate delivery), and a retry would count as a new attempt below.
             policy = "skip" if slot else self.singleton_on_busy or settings.on_busy
             return self._busy(lease, policy, settings.busy_retry_countdown)
-        # Claimed under the lease. A retry the body asked for (a later attempt) may claim
-        # again; a duplicate delivery of an attempt already claimed may not.
-        attempt = int(self.request.retries or 0)
-        if slot and not claim_attempt(nodes, f"{settings.key_prefix}{{slot:{slot}}}:done", attempt,
-                                      settings.slot_memory):
-            lease.release()
-            log.info("%s: beat slot %s already ran; this delivery is skipped", self.name, slot)
-            raise SkippedRun(f"slot {slot} already ran")
-        run = self.request.singleton = SingletonRun(self, lease).start()
+        if slot:
+            self._claim_slot(lease, nodes, str(slot), settings.key_prefix, settings.slot_memory)
+        run = self.request.singleton = SingletonRun(self, lease, str(slot) if slot else None).start()
         try:
             return super().__call__(*args, **kwargs)
         except LeaseLost as exc:
@@ -194,6 +199,32 @@ class SingletonTask(Task):  # type: ignore[misc]
             run.finish()
             lease.release()
             self.request.singleton = None
+
+    def _claim_slot(self, lease: Lease, nodes: NodeSet, slot: str, prefix: str, memory: float) -> None:
+        """Claim ``slot`` for this attempt under the lease, or release it and skip the run.
+
+        A retry the body asked for (a later attempt) may claim again; a duplicate delivery
+        of an attempt already claimed may not.
+        """
+        parsed = keys.parse_slot(slot)
+        if parsed is None:
+            log.warning("%s: header %s=%r is not a slot id; running without slot deduplication",
+                        self.name, SLOT_HEADER, slot)
+            return
+        entry, due_ms = parsed
+        claim = claim_slot(nodes, keys.slots_key(prefix, entry), due_ms, int(self.request.retries or 0), memory)
+        if claim.outcome is Claim.CLAIMED:
+            return
+        lease.release()
+        if claim.outcome is Claim.ALREADY_RAN:
+            log.info("%s: beat slot %s already ran; this delivery is skipped", self.name, slot)
+        elif claim.outcome is Claim.TOO_OLD:
+            log.warning("%s: beat slot %s NOT run: it is older than the last %d slots of its entry, so it cannot "
+                        "be told apart from one that ran", self.name, slot, SLOT_MEMORY)
+        else:
+            log.warning("%s: beat slot %s NOT run: its claim reached no majority (%s); skipped so that it "
+                        "cannot run twice", self.name, slot, claim.detail)
+        raise SkippedRun(f"slot {slot}: {claim.outcome.value}")
 
     def _busy(self, lease: Lease, policy: str, countdown: float) -> Any:
         log.info("%s: lease %s is busy (%s)", self.name, lease.name, policy)

@@ -27,7 +27,7 @@ from celery import Celery
 
 from procs import APPS, Proc, Procs, is_dead, parent_pid, proc_state, wait_for
 from singleton_tasks import Lease
-from singleton_tasks.beat import slot_task_id
+from singleton_tasks.keys import slot_task_id
 from singleton_tasks.testing import RedisNode
 
 PERIOD = 1.0  # the ``tick`` schedule (SINGLETON_TEST_EVERY)
@@ -131,7 +131,7 @@ class Cluster:
         self.log = node.client(db=2)
         self.lease_db = node.client(db=0)
         # Only holder() is used: it reads who holds the beat lease (pid, token) from Redis.
-        self.beat_lease = Lease("beat", self.lease_url, ttl=TTL)
+        self.beat_lease = Lease("beat:beat", self.lease_url, ttl=TTL)
         self.key_events = KeyEvents(node, self.beat_lease.key)
 
     def holder(self) -> dict[str, Any] | None:
@@ -139,7 +139,7 @@ class Cluster:
 
     def campaigners(self) -> int:
         """Electors subscribed to the beat lease's release channel: one per live replica."""
-        return int(self.lease_db.pubsub_numsub("singleton:{beat}:released")[0][1])
+        return int(self.lease_db.pubsub_numsub("singleton:{beat:beat}:released")[0][1])
 
     def runs(self) -> list[Run]:
         return [Run.parse(raw) for raw in self.log.lrange("ran", 0, -1)]
@@ -212,7 +212,7 @@ def gap_across(runs: list[Run], wall: float) -> float:
 def check_slots(runs: list[Run]) -> None:
     """At most one run per slot, slots a PERIOD apart, leaders' tokens never going back."""
     assert runs, "nothing ran"
-    assert all(r.slot.startswith("tick@") for r in runs), [r.slot for r in runs]
+    assert all(r.slot.startswith("beat/tick@") for r in runs), [r.slot for r in runs]
     duplicates = {slot: n for slot, n in Counter(r.slot for r in runs).items() if n > 1}
     assert not duplicates, f"slots that ran more than once: {duplicates}"
     by_due = sorted(runs, key=lambda r: r.due)
@@ -483,10 +483,10 @@ def test_slot_delivered_twice_runs_once(cluster: Cluster, procs: Procs) -> None:
     worker = procs.worker("worker", "-c", "2", pool="threads")
     client = Celery("sender", broker=cluster.env["SINGLETON_TEST_BROKER"])
     try:
-        slot = "x@1"
+        slot = "beat/x@1"
         # The same message twice (a redelivery), then the same slot from a newer leader
         # with its own task id and token (a dead leader's reserved slot sent again).
-        for task_id, token in ((slot_task_id(slot), 1), (slot_task_id(slot), 1), ("resent-" + slot, 2)):
+        for task_id, token in ((slot_task_id("singleton:", slot), 1), (slot_task_id("singleton:", slot), 1), ("resent-" + slot, 2)):
             client.send_task("beatapp.tick", task_id=task_id,
                              headers={"singleton_slot": slot, "singleton_token": token})
         # Wait until Celery reports an outcome for all three; which of the two skip paths a

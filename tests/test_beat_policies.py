@@ -132,7 +132,7 @@ def test_sigterm_during_a_publish_lets_it_finish_then_hands_over(redis_url) -> N
         assert scheduler.is_leader
         scheduler.tick()
         broker = redis.Redis.from_url(redis_url)
-        assert broker.exists("singleton:{beat}:lease"), "the lease key, held"
+        assert broker.exists("singleton:{beat:beat}:lease"), "the lease key, held"
         broker.delete("celery")  # only the interrupted publish counts below
         scheduler.schedule["every-second"].last_run_at = datetime.now(UTC) - timedelta(seconds=1.5)
         scheduler._heap = None
@@ -142,7 +142,7 @@ def test_sigterm_during_a_publish_lets_it_finish_then_hands_over(redis_url) -> N
                 scheduler.tick()
         assert len(interrupted) == 1, "the SIGTERM fired during a publish"
         assert broker.llen("celery") == 1, "the slot being published when SIGTERM came reached the broker"
-        assert not broker.exists("singleton:{beat}:lease"), "the lease was released once the publish was done"
+        assert not broker.exists("singleton:{beat:beat}:lease"), "the lease was released once the publish was done"
         assert not scheduler.is_leader
     finally:
         before_task_publish.disconnect(sigterm_mid_publish)

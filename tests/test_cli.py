@@ -22,8 +22,8 @@ def test_status_shows_the_holder(redis_nodes_factory) -> None:
     nodes = redis_nodes_factory(3)
     idle = celery(nodes.urls, "status")
     assert idle.returncode == 0, idle.stderr
-    assert json.loads(idle.stdout) == {"lease": "singleton:{beat}:lease", "holder": None}
-    lease = Lease("beat", nodes.urls, ttl=30)
+    assert json.loads(idle.stdout) == {"lease": "singleton:{beat:beat}:lease", "holder": None}
+    lease = Lease("beat:beat", nodes.urls, ttl=30)
     assert lease.acquire(blocking=False)
     held = json.loads(celery(nodes.urls, "status").stdout)["holder"]
     assert held["pid"] == os.getpid() and held["token"] == lease.token

@@ -135,7 +135,7 @@ def test_flask_factory_runs_singleton_tasks_in_the_app_context(redis_node, fence
     ]
 
     # The lease is real: while another holder has it, a run is skipped and calls nothing.
-    holder = Lease("flaskapp.charge_account:acme", redis_node.url, ttl=5)
+    holder = Lease("task:flaskapp.charge_account:acme", redis_node.url, ttl=5)
     assert holder.acquire(blocking=False)
     held_token = holder.token
     try:

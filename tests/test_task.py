@@ -32,7 +32,7 @@ def app(redis_node):
 
 
 def holder_of(app: Celery, name: str):
-    return Lease(name, app.conf.singleton_redis_url).holder()
+    return Lease(f"task:{name}", app.conf.singleton_redis_url).holder()
 
 
 def test_runs_with_a_token_and_releases_after_success_failure_and_retry(app) -> None:
@@ -69,7 +69,7 @@ def test_a_busy_lease_follows_on_busy(app, policy, state) -> None:
     def busy(self):
         ran.append(1)
 
-    other = Lease(busy.name, app.conf.singleton_redis_url, ttl=30)
+    other = Lease(f"task:{busy.name}", app.conf.singleton_redis_url, ttl=30)
     assert other.acquire(blocking=False)
     if policy == "retry":  # eager mode would retry inline; a worker records the RETRY
         with start_worker(app, pool="solo", perform_ping_check=False):
@@ -90,10 +90,10 @@ def test_the_key_function_gives_one_lease_per_key(app) -> None:
     def keyed(self, account, amount=0):
         return self.singleton.name
 
-    blocker = Lease("t.keyed:alice", app.conf.singleton_redis_url, ttl=5)
+    blocker = Lease("task:t.keyed:alice", app.conf.singleton_redis_url, ttl=5)
     assert blocker.acquire(blocking=False)
     assert keyed.apply(("alice",), {"amount": 3}).state == "IGNORED"
-    assert keyed.apply(("bob",)).get() == "t.keyed:bob"
+    assert keyed.apply(("bob",)).get() == "task:t.keyed:bob"
 
 
 def test_a_beat_slot_delivered_twice_runs_once(app) -> None:
@@ -132,8 +132,8 @@ def test_a_stolen_lease_stops_the_run_at_its_next_checkpoint(app) -> None:
     assert started.wait(5)
     client = app.conf.singleton_redis_url
     import redis
-    redis.Redis.from_url(client).delete("singleton:{t.stolen}:lease")
-    thief = Lease("t.stolen", client, ttl=10)
+    redis.Redis.from_url(client).delete("singleton:{task:t.stolen}:lease")
+    thief = Lease("task:t.stolen", client, ttl=10)
     assert thief.acquire(blocking=False)
     calls_at_theft = len(calls)
     stolen.set()
@@ -144,7 +144,7 @@ def test_a_stolen_lease_stops_the_run_at_its_next_checkpoint(app) -> None:
     assert len(calls) <= calls_at_theft + 1, "at most the call already past its guard"
     assert all(t < thief.token for t in calls), "every call the victim made carried an older token"
     assert thief.held and holder_of(app, "t.stolen")["token"] == thief.token, "the victim did not release the thief"
-    assert signalled == ["t.stolen"]
+    assert signalled == ["task:t.stolen"]
 
 
 def test_the_guard_refuses_a_call_longer_than_the_validity_left(app) -> None:
@@ -166,7 +166,7 @@ def test_works_in_a_real_in_process_worker(app) -> None:
         x, token = in_worker.delay(21).get(timeout=10)
         assert x == 21 and token > 0
         # send_task bypasses no check: it still needs the lease
-        blocker = Lease("t.worker", app.conf.singleton_redis_url, ttl=5)
+        blocker = Lease("task:t.worker", app.conf.singleton_redis_url, ttl=5)
         assert blocker.acquire(blocking=False)
         finished: dict[str, str] = {}
 

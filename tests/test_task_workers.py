@@ -93,7 +93,7 @@ def test_a_sigkilled_worker_lease_expires_within_its_ttl(cluster) -> None:
     nodes, workers, log, send = cluster
     send("workapp.work", "long", 60, queue="w3")
     wait_for(lambda: log.llen("started") == 1, 30, "long task started")
-    lease = Lease("workapp.work:long", nodes.urls)
+    lease = Lease("task:workapp.work:long", nodes.urls)
     holder = lease.holder()
     assert holder is not None and holder["pid"] == workers["w3"].pid, "the solo worker holds the lease"
     os.killpg(workers["w3"].pid, signal.SIGKILL)
@@ -112,7 +112,7 @@ def test_revoke_terminate_releases_the_lease_before_the_pool_process_ends(cluste
     send("workapp.hold", 60, queue="w1", task_id=task_id)
     row = wait_for(lambda: log.lrange("holding", 0, -1), 30, "the long task started")
     child_pid, token = (int(x) for x in row[0].split(b"|"))
-    lease = Lease("workapp.hold", nodes.urls)
+    lease = Lease("task:workapp.hold", nodes.urls)
     holder = lease.holder()
     assert holder is not None and holder["pid"] == child_pid != workers["w1"].pid, "a pool process holds it"
     assert holder["ttl"] > 20, "its TTL is 30 s: expiry cannot explain a release within seconds"

@@ -33,7 +33,7 @@ record = redis.Redis.from_url(os.environ["SINGLETON_TEST_LOG"])
 @singleton_task(app=app, name="beatapp.tick")
 def tick(self):
     headers = self.request.headers or {}
-    slot = headers.get("singleton_slot") or getattr(self.request, "singleton_slot", None)
+    slot = self.singleton.slot
     beat_token = headers.get("singleton_token") or getattr(self.request, "singleton_token", None)
     record.rpush("ran", f"{slot}|{beat_token}|{self.singleton.token}|{os.getpid()}|{time.time():.3f}")
 

@@ -16,8 +16,7 @@ CALL_BUDGET = 1.0
 
 @singleton_task(name="billing.charge", key=lambda account, *args, **kwargs: account)
 def charge(self, account: str, amount: int) -> dict:
-    headers = self.request.headers or {}
-    slot = headers.get("singleton_slot") or getattr(self.request, "singleton_slot", None)
+    slot = self.singleton.slot
     with self.singleton.guard(CALL_BUDGET) as token:
         try:
             return api.charge(
