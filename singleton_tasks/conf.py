@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigurationError
-from .lease import default_renew_interval, default_retry_interval
+from .timing import default_renew_interval, default_retry_interval
+from .nodes import check_independent
 
 MISSED_RUN_POLICIES = ("coalesce", "skip", "catch_up")
 ON_BUSY_POLICIES = ("skip", "retry", "raise")
@@ -63,7 +64,26 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...], default: str) -> st
     return str(value)
 
 
+def _split_urls(value: str) -> list[str]:
+    """The node URLs in a string: one, or several joined with commas."""
+    if "," not in value:
+        return [value]
+    parts = [part.strip() for part in value.split(",")]
+    if not all(part.startswith(REDIS_SCHEMES) for part in parts):
+        raise ConfigurationError(
+            "singleton_redis_url", value,
+            "a Redis URL or a list of them; a comma separates node URLs, but not every part between commas"
+            " is a redis://, rediss:// or unix:// URL (write a comma inside a URL, e.g. in a password, as %2C)",
+        )
+    return parts
+
+
 def _redis_urls(conf: Mapping[str, Any]) -> tuple[str, ...]:
+    """The lease nodes' URLs: an odd number, no node twice however spelled.
+
+    From ``singleton_redis_url`` (a URL, a list of them, or one string of them joined with
+    commas), else from a Redis broker URL.
+    """
     value = conf.get("singleton_redis_url")
     if value is None:
         broker = conf.get("broker_url")
@@ -73,15 +93,14 @@ def _redis_urls(conf: Mapping[str, Any]) -> tuple[str, ...]:
             "singleton_redis_url", value,
             f"a Redis URL or a list of them (the broker URL {broker!r} is not a Redis URL, so it cannot be the default)",
         )
-    urls = (value,) if isinstance(value, str) else value
+    urls = _split_urls(value) if isinstance(value, str) else value
     if not isinstance(urls, (list, tuple)) or not urls or not all(
         isinstance(u, str) and u.startswith(REDIS_SCHEMES) for u in urls
     ):
         raise ConfigurationError("singleton_redis_url", value, "a redis:// URL or a non-empty list of them")
     if len(urls) % 2 == 0:
         raise ConfigurationError("singleton_redis_url", value, "an odd number of independent Redis nodes (1, 3, 5)")
-    if len(set(urls)) != len(urls):
-        raise ConfigurationError("singleton_redis_url", value, "each node listed once")
+    check_independent("singleton_redis_url", value, urls)
     return tuple(urls)
 
 

