@@ -40,7 +40,8 @@ from .election import LeaderElector
 from .errors import LeaseLost, SingletonError, StaleToken
 from .fence import FencedRecords
 from .interrupts import stop_signals_held
-from .lease import Lease, default_op_timeout
+from .lease import Lease
+from .timing import default_op_timeout
 from .nodes import NodeSet
 from .probes import warn_if_evicting
 

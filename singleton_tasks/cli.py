@@ -16,7 +16,8 @@ from kombu.utils.url import maybe_sanitize_url
 from . import keys
 from .conf import settings_for
 from .errors import SingletonError
-from .lease import Lease, default_op_timeout
+from .lease import Lease
+from .timing import default_op_timeout
 from .nodes import NodeSet
 from .probes import eviction_warnings, exercise_node
 

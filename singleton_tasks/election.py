@@ -16,22 +16,17 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from typing import Callable
 
 from .clock import Clock, monotonic
 from .errors import ConfigurationError
-from .lease import LeaseProtocol, default_renew_interval, default_retry_interval
+from .lease import LeaseProtocol
+from .timing import default_renew_interval, default_retry_interval, give_up_margin, jittered
 
 log = logging.getLogger("singleton_tasks.election")
 
 Callback = Callable[[], None]
-
-
-def give_up_margin(ttl: float) -> float:
-    """Validity left at which a holder that cannot renew gives the lease up (a third of the TTL)."""
-    return ttl / 3
 
 
 def next_wait(
@@ -48,7 +43,7 @@ def next_wait(
         give_up_in = valid_for - give_up_margin(ttl)
         pause = min(retry_interval, renew_interval / 2) if renew_failed else renew_interval
         return max(0.0, min(pause, give_up_in))
-    return random.uniform(0.5, 1.0) * retry_interval
+    return jittered(retry_interval)
 
 
 def call_safely(callback: Callback | None, lease_name: str, what: str) -> None:

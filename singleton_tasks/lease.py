@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import secrets
 import socket
 import threading
@@ -42,10 +41,10 @@ from .clock import Clock, monotonic
 from .errors import AccessDenied, ConfigurationError, LeaseError, MalformedLeaseValue, foreign_value
 from .nodes import NodeSet, NodeSpec
 from .quorum import PERMANENT_ERRORS, Tally, describe, tally
+from .timing import MIN_TTL, default_op_timeout, default_retry_interval, jittered, validity_deadline
 
 log = logging.getLogger("singleton_tasks.lease")
 
-MIN_TTL = 0.1
 HOSTNAME = socket.gethostname()
 
 
@@ -68,31 +67,6 @@ class LeaseProtocol(Protocol):
     def exceed(self, token: int) -> None: ...
     def holder(self) -> dict[str, Any] | None: ...
     def on_release(self, callback: Callable[[], None]) -> Callable[[], None]: ...
-
-
-def clock_drift(ttl: float) -> float:
-    """The margin kept against clock-rate differences between this process and the nodes."""
-    return ttl * 0.01 + 0.002
-
-
-def default_renew_interval(ttl: float) -> float:
-    """Renew every third of the TTL: two renewals can fail before a holder must give up."""
-    return ttl / 3
-
-
-def default_retry_interval(ttl: float) -> float:
-    """How often a standby tries: at most half a second, and at least four times per TTL."""
-    return min(0.5, ttl / 4)
-
-
-def default_op_timeout(ttl: float) -> float:
-    """How long one network wait may take: a tenth of the TTL, between 50 ms and 1 s."""
-    return min(1.0, max(0.05, ttl / 10))
-
-
-def validity_deadline(started: float, ttl: float) -> float:
-    """The monotonic instant a grant or renewal sent at ``started`` stops being valid."""
-    return started + ttl - clock_drift(ttl)
 
 
 #: The highest token this process has seen per fence (its nodes and key): a grant never goes
@@ -191,7 +165,7 @@ class Lease:
             denied = attempt.permanent if attempt is not None else ()
             if denied and len(self.nodes) - len(denied) < self.nodes.quorum:
                 raise AccessDenied(self.name, "; ".join(f"{self.nodes.labels[i]}: {describe(e)}" for i, e in denied))
-            pause = random.uniform(0.5, 1.0) * self.retry_interval
+            pause = jittered(self.retry_interval)
             if give_up is not None:
                 left = give_up - self._clock()
                 if left <= 0:
@@ -358,6 +332,9 @@ class Lease:
                     scripts.CONFIRM, [self.key, self.fence_key], [owner, token], only=list(granted)
                 )
                 self._log_failures("confirm", confirmed, list(granted))
+                for i, reply in zip(granted, confirmed):
+                    if reply == 1:  # the fence there now holds this token, whatever it held before
+                        self._report(i, f"value {self.fence_key}", None)
             if sum(1 for r in confirmed if r == 1) < self.nodes.quorum or self._clock() >= deadline:
                 self._release_owner(owner, announce=False)
                 return False
@@ -393,7 +370,7 @@ class Lease:
 
     def _valid_fence(self, raw: bytes, raised: bool, node: int) -> int | None:
         """A granting node's fence, or None when it has none we can count (reported once)."""
-        topic = f"value {self.fence_key}"
+        topic = f"value {self.fence_key}"  # the same topic as after a confirmed round 2
         if not raw:
             self._report(node, topic, None)
             return None  # no fence at all: a new or wiped node, repaired by round 2

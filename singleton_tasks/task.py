@@ -38,7 +38,8 @@ from .conf import ON_BUSY_POLICIES, SLOT_HEADER, settings_for
 from .election import LeaseKeeper
 from .errors import ConfigurationError, LeaseError, LeaseLost, SingletonError, TaskBusy
 from .fence import SLOT_MEMORY, Claim, claim_slot
-from .lease import Lease, default_op_timeout
+from .lease import Lease
+from .timing import default_op_timeout
 from .nodes import NodeSet
 from .probes import warn_if_evicting
 

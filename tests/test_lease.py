@@ -10,7 +10,7 @@ import pytest
 from singleton_tasks import Lease
 from singleton_tasks.clock import ManualClock
 from singleton_tasks.errors import ConfigurationError, MalformedLeaseValue
-from singleton_tasks.lease import clock_drift, validity_deadline
+from singleton_tasks.timing import clock_drift, validity_deadline
 
 
 def test_validity_arithmetic_is_pure() -> None:

@@ -21,7 +21,7 @@ import pytest
 from fault_helpers import Children, kill_node
 from procs import proc_state, wait_for
 from singleton_tasks import Lease
-from singleton_tasks.lease import clock_drift
+from singleton_tasks.timing import clock_drift
 from singleton_tasks.testing import RedisNode, RedisNodes
 
 

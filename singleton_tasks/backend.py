@@ -1,0 +1,131 @@
+"""The storage contract: everything the elector, the Celery layer and the CLI need from a store.
+
+A backend is one store a process talks to: N independent Redis masters under a quorum, or one
+etcd cluster. ``singleton_tasks.backends.open_backend`` picks it by URL scheme. Every backend
+keeps these guarantees (the contract tests run each against real servers):
+
+* **Lease.** At most one holder of a name at any instant, as far as the holder can tell from
+  its own monotonic clock: ``held`` is True only inside a validity window counted from the
+  monotonic time taken *before* the request that granted or renewed it, minus a drift margin.
+  ``held``, ``token`` and ``valid_for()`` answer from local state, without I/O.
+* **Fencing token.** Every grant's token is a positive integer larger than every token granted
+  before it for that name (Redis: under the assumptions in the Redis backend's docstring; etcd:
+  always, as the key's create revision). A resource that remembers the highest token it
+  accepted can refuse a paused ex-holder.
+* **Release notification.** ``on_release`` wakes standbys when a holder gives the lease up, so
+  a graceful handover costs about one round trip.
+* **Fenced records.** A write carrying token T never lands after a write with a larger token;
+  a refused write raises ``StaleToken``. A write reaches the store's majority or raises.
+* **Slot claims.** A beat slot's attempt is claimed at most once; a claim the store could not
+  decide is reported as ``Claim.FAILED`` with each node's own error, never as a refusal.
+* **Values.** Owners are JSON (host, pid, a random id), tokens decimal: nothing read back is
+  unpickled or evaluated, and a value this library did not write is reported, never trusted.
+
+Not guaranteed by any backend: that a holder notices a loss before its deadline. A process
+paused past its deadline must check ``held``, or present its token to a fenced resource.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+from .clock import Clock
+
+HOSTNAME = socket.gethostname()
+
+
+def new_owner() -> str:
+    """A fresh owner value: who holds a lease, readable by operators on any store."""
+    return json.dumps({"host": HOSTNAME, "pid": os.getpid(), "id": secrets.token_hex(8)})
+
+
+def parse_owner(raw: bytes | str) -> dict[str, Any] | None:
+    """The ``host``, ``pid`` and ``id`` of an owner value, or None if this library did not write it."""
+    try:
+        info = json.loads(raw)
+        if isinstance(info, dict) and {"host", "pid", "id"} <= info.keys():
+            return {"host": str(info["host"]), "pid": int(info["pid"]), "id": str(info["id"])}
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+class LeaseProtocol(Protocol):
+    """A named lease with fencing tokens; see the module docstring for what it guarantees."""
+
+    name: str
+    ttl: float
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool: ...
+    def renew(self) -> bool: ...
+    def release(self) -> None: ...
+    @property
+    def held(self) -> bool: ...
+    @property
+    def token(self) -> int | None: ...
+    def valid_for(self) -> float: ...
+    @property
+    def unreachable(self) -> str | None:
+        """Why the last acquire failed when store errors, not another holder, kept it: else None."""
+    def exceed(self, token: int) -> None:
+        """Make later grants' tokens larger than ``token``, one a fenced resource accepted."""
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds it now, read from the store: host, pid, id, token, ttl (s); None if nobody."""
+    def on_release(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` from a background thread when a holder releases; returns a stop function."""
+
+
+class RecordsProtocol(Protocol):
+    """Named JSON records written under a fencing token (a beat schedule's run state)."""
+
+    def write(self, token: int, name: str, record: dict[str, Any]) -> None: ...
+    def read_all(self) -> dict[str, dict[str, Any]]: ...
+
+
+class Claim(enum.Enum):
+    """What a slot claim found."""
+
+    CLAIMED = "claimed"  #: this attempt may run
+    ALREADY_RAN = "already ran"  #: this or a later attempt claimed it: a duplicate delivery
+    TOO_OLD = "too old"  #: older than every slot remembered for its entry: not run
+    FAILED = "failed"  #: errors kept the claim from being decided: not run (at most once)
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    outcome: Claim
+    detail: str  #: the store's answers, with each failed node's own error text
+
+
+class Backend(Protocol):
+    """One store shared by the leases of a process; every method keeps the module's guarantees."""
+
+    #: What each node or endpoint is, for logs and operators (no passwords).
+    labels: Sequence[str]
+
+    def lease(self, name: str, ttl: float, *, retry_interval: float | None = None,
+              clock: Clock | None = None) -> LeaseProtocol:
+        """The lease called ``name`` (see ``keys``: Celery-layer names carry their kind)."""
+
+    def records(self, schedule: str) -> RecordsProtocol:
+        """The fenced run records of the beat schedule whose lease is ``keys.beat_lease_name(schedule)``."""
+
+    def claim_slot(self, lease: LeaseProtocol, entry: str, due_ms: int, attempt: int,
+                   memory: float) -> ClaimResult:
+        """Claim the slot of ``entry`` (``SCHEDULE/ENTRY``) due at ``due_ms`` for ``attempt``, under ``lease``."""
+
+    def startup_warnings(self) -> list[str]:
+        """What about the store can break a guarantee (an evicting memory policy, one server
+        counted twice): one line each, naming the node. Never raises."""
+
+    def check(self) -> list[tuple[str, str | None]]:
+        """Run every operation on every node or endpoint: ``(label, first failure or None)``."""
+
+    def close(self) -> None:
+        """Drop the connections this backend opened."""
