@@ -39,7 +39,7 @@ import redis_lock  # type: ignore[import-untyped]
 from pottery import Redlock
 
 from singleton_tasks import Lease
-from singleton_tasks.nodes import NodeSet
+from singleton_tasks.backends.redis.nodes import NodeSet
 from singleton_tasks.testing import RedisNode, RedisNodes
 
 TTL = 10  # seconds, for every implementation

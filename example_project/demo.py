@@ -205,15 +205,15 @@ class Demo:
         self.stack.append(self._stop_processes)
 
         from example_project.djangoproj.celery import app
-        from singleton_tasks import Lease, settings_for
+        from singleton_tasks import settings_for
         from singleton_tasks.keys import beat_lease_name
 
         self.app = app
         s = self.settings = settings_for(app)
         # Only used to ask who holds the beat lease (Lease.holder()); never acquired here.
-        self.beat_lease = Lease(beat_lease_name(s.beat_lease_name), list(s.redis_urls), ttl=s.lease_ttl, prefix=s.key_prefix,
-                                op_timeout=1.0)
-        self.stack.append(self.beat_lease.nodes.close)
+        self.backend = s.open_backend(timeout=1.0)
+        self.stack.append(self.backend.close)
+        self.beat_lease = self.backend.lease(beat_lease_name(s.beat_lease_name), s.lease_ttl)
 
         self.procs.spawn("worker", celery("worker", "--pool", "solo", "--loglevel", "INFO", "--hostname",
                                           "demo-worker@%h", "--without-gossip", "--without-mingle",
@@ -325,7 +325,6 @@ class Demo:
 
     def stale_leader(self) -> None:
         assert self.procs is not None
-        from singleton_tasks import Lease
         from singleton_tasks.keys import task_lease_name
 
         heading(f"3. Fencing: a frozen run of {TASK}('{STALE_ACCOUNT}') wakes up after losing its lease")
@@ -340,14 +339,12 @@ class Demo:
         say(f"stale-run (pid {proc.pid}) took lease {lease_name} with token {stale_token}, passed "
             "guard(), and froze itself (SIGSTOP) right before its API call")
         s = self.settings
-        task_lease = Lease(lease_name, list(s.redis_urls), ttl=s.task_ttl, prefix=s.key_prefix, op_timeout=1.0)
-        try:
-            frozen = time.monotonic()
-            self.wait("the frozen run's lease to expire", lambda: _holder(task_lease) is None, timeout=30)
-            say(f"its lease expired {time.monotonic() - frozen:.2f}s later (task TTL {TASK_TTL:g}s); "
-                f"the frozen process still believes it may call the API")
-        finally:
-            task_lease.nodes.close()
+        task_lease = self.backend.lease(lease_name, s.task_ttl)
+        frozen = time.monotonic()
+        self.wait("the frozen run's lease to expire", lambda: _holder(task_lease) is None, timeout=30)
+        say(f"its lease expired {time.monotonic() - frozen:.2f}s later (task TTL {TASK_TTL:g}s); "
+            f"the frozen process still believes it may call the API")
+
         self.app.send_task(TASK, args=(STALE_ACCOUNT, 250))
         say(f"sent {TASK}('{STALE_ACCOUNT}', 250) to the worker")
         newer = self.wait("the worker's charge", lambda: [c for c in self._calls(STALE_ACCOUNT, True)

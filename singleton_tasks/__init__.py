@@ -2,20 +2,22 @@
 
 The public API, by layer (each layer uses only the ones above it):
 
-* lease: ``Lease`` (a quorum lease over Redis with fencing tokens), ``LeaseProtocol``
+* the store: ``open_backend`` (by URL scheme), ``Backend`` and ``LeaseProtocol`` (the contract
+  every store keeps), ``Lease`` (the Redis quorum lease with fencing tokens), ``Claim``,
+  ``ClaimResult``
 * election: ``LeaderElector`` (campaign, lead, step down), ``LeaseKeeper`` (keep a held lease)
-* fencing: ``FencedRecords``, ``claim_slot``, ``Claim``
 * Celery: ``singleton_task``, ``SingletonTask``, ``LeaderScheduler``, ``lease_lost``,
   ``Settings``, ``settings_for``
 * errors: ``SingletonError`` > ``ConfigurationError``, ``LeaseError`` > ``LeaseLost``,
   ``MalformedLeaseValue``, ``AccessDenied``; ``StaleToken``; ``TaskBusy``
 """
 
+from .backend import Backend, Claim, ClaimResult, LeaseProtocol
+from .backends import open_backend
+from .backends.redis import Lease
 from .election import LeaderElector, LeaseKeeper
 from .errors import (AccessDenied, ConfigurationError, LeaseError, LeaseLost, MalformedLeaseValue, SingletonError,
                      StaleToken, TaskBusy)
-from .fence import Claim, FencedRecords, claim_slot
-from .lease import Lease, LeaseProtocol
 
 # The Celery layer is imported last: everything above works without a Celery app.
 from .conf import Settings, settings_for  # noqa: E402
@@ -23,15 +25,16 @@ from .task import SingletonTask, lease_lost, singleton_task  # noqa: E402
 from .beat import LeaderScheduler  # noqa: E402
 
 __all__ = [
-    # lease and election
-    "Lease",
+    # the store
+    "open_backend",
+    "Backend",
     "LeaseProtocol",
+    "Lease",
+    "Claim",
+    "ClaimResult",
+    # election
     "LeaderElector",
     "LeaseKeeper",
-    # fencing
-    "FencedRecords",
-    "claim_slot",
-    "Claim",
     # Celery
     "singleton_task",
     "SingletonTask",

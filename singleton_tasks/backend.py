@@ -88,6 +88,11 @@ class RecordsProtocol(Protocol):
     def read_all(self) -> dict[str, dict[str, Any]]: ...
 
 
+#: How many recent slots of one entry every backend remembers to tell a duplicate delivery
+#: apart; a slot older than all of them is refused (``Claim.TOO_OLD``), never run twice.
+SLOT_MEMORY = 64
+
+
 class Claim(enum.Enum):
     """What a slot claim found."""
 
@@ -106,8 +111,9 @@ class ClaimResult:
 class Backend(Protocol):
     """One store shared by the leases of a process; every method keeps the module's guarantees."""
 
-    #: What each node or endpoint is, for logs and operators (no passwords).
-    labels: Sequence[str]
+    @property
+    def labels(self) -> Sequence[str]:
+        """What each node or endpoint is, for logs and operators (no passwords)."""
 
     def lease(self, name: str, ttl: float, *, retry_interval: float | None = None,
               clock: Clock | None = None) -> LeaseProtocol:

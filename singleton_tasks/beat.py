@@ -32,18 +32,14 @@ from celery.beat import Scheduler
 from celery.schedules import crontab, schedule
 from celery.signals import beat_embedded_init
 from celery.utils.time import maybe_make_aware
-from kombu.utils.url import maybe_sanitize_url
 
 from . import keys
 from .conf import SLOT_HEADER, TOKEN_HEADER, settings_for
 from .election import LeaderElector
 from .errors import LeaseLost, SingletonError, StaleToken
-from .fence import FencedRecords
+from .backend import Backend, LeaseProtocol, RecordsProtocol
+from .backends import log_startup_warnings, without_passwords
 from .interrupts import stop_signals_held
-from .lease import Lease
-from .timing import default_op_timeout
-from .nodes import NodeSet
-from .probes import warn_if_evicting
 
 log = logging.getLogger("singleton_tasks.beat")
 
@@ -69,9 +65,10 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         # No Redis I/O here: beat builds schedulers more than once (once lazily for the
         # banner) and --detach closes descriptors after this runs. Election starts in tick().
         self.settings = settings_for(app)
-        self._lease: Lease | None = None
+        self._backend: Backend | None = None
+        self._lease: LeaseProtocol | None = None
         self._elector: LeaderElector | None = None
-        self._records: FencedRecords | None = None
+        self._records: RecordsProtocol | None = None
         self._led_token: int | None = None
         self._reserved: dict[str, tuple[str, dict[str, Any]] | None] = {}
         self._late_in_a_row: dict[str, int] = {}
@@ -83,11 +80,11 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
     def _ensure_elector(self) -> LeaderElector:
         if self._elector is None:
             s = self.settings
-            nodes = NodeSet(list(s.redis_urls), default_op_timeout(s.lease_ttl))
-            warn_if_evicting(nodes)
-            self._lease = Lease(keys.beat_lease_name(s.beat_lease_name), nodes, ttl=s.lease_ttl,
-                                prefix=s.key_prefix, retry_interval=s.retry_interval)
-            self._records = FencedRecords(nodes, keys.schedule_key(s.key_prefix, s.beat_lease_name))
+            self._backend = backend = s.open_backend()
+            log_startup_warnings(backend)
+            self._lease = backend.lease(keys.beat_lease_name(s.beat_lease_name), s.lease_ttl,
+                                        retry_interval=s.retry_interval)
+            self._records = backend.records(s.beat_lease_name)
             self._elector = LeaderElector(self._lease, renew_interval=s.renew_interval,
                                           retry_interval=s.retry_interval).start()
         return self._elector
@@ -264,12 +261,15 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             was_leader = elector.is_leader
             elector.stop(release=True)
             log.info("beat: %s", "released the beat lease" if was_leader else "stopped campaigning")
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
         super().close()
 
     @property
     def info(self) -> str:
         s = self.settings
-        nodes = ", ".join(maybe_sanitize_url(u) for u in s.redis_urls)
+        nodes = ", ".join(without_passwords(u) for u in s.backend_urls)
         role = "leader" if self.is_leader else "follower (campaigning)"
         key = keys.lease_key(s.key_prefix, keys.beat_lease_name(s.beat_lease_name))
         return (f"    . singleton lease -> {key} ttl={s.lease_ttl:g}s "

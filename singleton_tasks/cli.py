@@ -11,15 +11,11 @@ import json
 from typing import Any
 
 import click
-from kombu.utils.url import maybe_sanitize_url
 
 from . import keys
 from .conf import settings_for
 from .errors import SingletonError
-from .lease import Lease
 from .timing import default_op_timeout
-from .nodes import NodeSet
-from .probes import eviction_warnings, exercise_node
 
 
 @click.group(name="singleton")
@@ -40,14 +36,15 @@ def _settings(ctx: click.Context) -> Any:
 def status(ctx: click.Context, name: str | None) -> None:
     """Print who holds a lease, as JSON (null when nobody does)."""
     s = _settings(ctx)
-    lease = Lease(name or keys.beat_lease_name(s.beat_lease_name), list(s.redis_urls), ttl=s.lease_ttl,
-                  prefix=s.key_prefix)
+    backend = s.open_backend()
+    lease_name = name or keys.beat_lease_name(s.beat_lease_name)
     try:
-        click.echo(json.dumps({"lease": lease.key, "holder": lease.holder()}, indent=2))
+        holder = backend.lease(lease_name, s.lease_ttl).holder()
+        click.echo(json.dumps({"lease": keys.lease_key(s.key_prefix, lease_name), "holder": holder}, indent=2))
     except SingletonError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
-        lease.nodes.close()
+        backend.close()
 
 
 @singleton.command()
@@ -55,23 +52,20 @@ def status(ctx: click.Context, name: str | None) -> None:
 def check(ctx: click.Context) -> None:
     """Validate the settings and run every lease operation on every node; exit 1 if one fails."""
     s = _settings(ctx)
-    timeout = default_op_timeout(s.lease_ttl) * 5  # an operator waits longer than a renewal may
-    nodes = NodeSet(list(s.redis_urls), timeout)
-    failures = 0
+    backend = s.open_backend(default_op_timeout(s.lease_ttl) * 5)  # an operator waits longer than a renewal may
     try:
-        for index, label in enumerate(nodes.labels):
-            shown = maybe_sanitize_url(label)
-            problem = exercise_node(nodes, index, s.key_prefix, timeout)
+        results = backend.check()
+        for label, problem in results:
             if problem is None:
-                click.echo(f"ok    {shown}: lease, renew, holder, fenced records, slot claim, release notification")
+                click.echo(f"ok    {label}: lease, renew, holder, fenced records, slot claim, release notification")
             else:
-                failures += 1
-                click.echo(f"FAIL  {shown}: {problem}")
-        for warning in eviction_warnings(nodes):
+                click.echo(f"FAIL  {label}: {problem}")
+        for warning in backend.startup_warnings():
             click.echo(f"WARN  {warning}")
     finally:
-        nodes.close()
+        backend.close()
     click.echo(f"beat lease ttl={s.lease_ttl:g}s renew={s.renew_interval:.3g}s missed_runs={s.missed_runs}")
+    failures = sum(1 for _, problem in results if problem is not None)
     if failures:
-        majority = "no majority" if failures * 2 >= len(nodes) else "a majority still works"
-        raise click.ClickException(f"{failures} of {len(nodes)} nodes failed ({majority})")
+        majority = "no majority" if failures * 2 >= len(results) else "a majority still works"
+        raise click.ClickException(f"{failures} of {len(results)} nodes failed ({majority})")

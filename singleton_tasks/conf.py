@@ -12,13 +12,13 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from . import backends
 from .errors import ConfigurationError
-from .timing import default_renew_interval, default_retry_interval
-from .nodes import check_independent
+from .backend import Backend
+from .timing import default_op_timeout, default_renew_interval, default_retry_interval
 
 MISSED_RUN_POLICIES = ("coalesce", "skip", "catch_up")
 ON_BUSY_POLICIES = ("skip", "retry", "raise")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 #: Message headers set by the beat scheduler and read by singleton tasks.
 SLOT_HEADER = "singleton_slot"
@@ -29,7 +29,8 @@ TOKEN_HEADER = "singleton_token"
 class Settings:
     """What the Celery layer needs, checked. Times are in seconds."""
 
-    redis_urls: tuple[str, ...]
+    #: The store, validated: Redis node URLs (a quorum of independent masters), or one etcd URL.
+    backend_urls: tuple[str, ...]
     key_prefix: str = "singleton:"
     #: The beat leader lease: a crashed leader is replaced after about this long.
     lease_ttl: float = 5.0
@@ -44,8 +45,13 @@ class Settings:
     #: A due run later than this is "missed" under the ``skip`` policy.
     missed_grace: float = 10.0
     beat_lease_name: str = "beat"
-    #: How long a beat slot's "already ran" mark is kept, for deduplicating redeliveries.
+    #: How long an entry's record of its recent slots outlives its last run.
     slot_memory: float = 86400.0
+
+    def open_backend(self, timeout: float | None = None) -> Backend:
+        """The store these settings name; ``timeout`` bounds each network wait (default: from the beat TTL)."""
+        return backends.open_backend(self.backend_urls, prefix=self.key_prefix,
+                                     timeout=timeout if timeout is not None else default_op_timeout(self.lease_ttl))
 
 
 def _number(name: str, value: Any, minimum: float, default: float) -> float:
@@ -64,44 +70,24 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...], default: str) -> st
     return str(value)
 
 
-def _split_urls(value: str) -> list[str]:
-    """The node URLs in a string: one, or several joined with commas."""
-    if "," not in value:
-        return [value]
-    parts = [part.strip() for part in value.split(",")]
-    if not all(part.startswith(REDIS_SCHEMES) for part in parts):
-        raise ConfigurationError(
-            "singleton_redis_url", value,
-            "a Redis URL or a list of them; a comma separates node URLs, but not every part between commas"
-            " is a redis://, rediss:// or unix:// URL (write a comma inside a URL, e.g. in a password, as %2C)",
-        )
-    return parts
-
-
-def _redis_urls(conf: Mapping[str, Any]) -> tuple[str, ...]:
-    """The lease nodes' URLs: an odd number, no node twice however spelled.
-
-    From ``singleton_redis_url`` (a URL, a list of them, or one string of them joined with
-    commas), else from a Redis broker URL.
-    """
-    value = conf.get("singleton_redis_url")
-    if value is None:
-        broker = conf.get("broker_url")
-        if isinstance(broker, str) and broker.startswith(REDIS_SCHEMES):
-            return (broker.split(";")[0],)
-        raise ConfigurationError(
-            "singleton_redis_url", value,
-            f"a Redis URL or a list of them (the broker URL {broker!r} is not a Redis URL, so it cannot be the default)",
-        )
-    urls = _split_urls(value) if isinstance(value, str) else value
-    if not isinstance(urls, (list, tuple)) or not urls or not all(
-        isinstance(u, str) and u.startswith(REDIS_SCHEMES) for u in urls
-    ):
-        raise ConfigurationError("singleton_redis_url", value, "a redis:// URL or a non-empty list of them")
-    if len(urls) % 2 == 0:
-        raise ConfigurationError("singleton_redis_url", value, "an odd number of independent Redis nodes (1, 3, 5)")
-    check_independent("singleton_redis_url", value, urls)
-    return tuple(urls)
+def _backend_urls(conf: Mapping[str, Any]) -> tuple[str, ...]:
+    """The store: ``singleton_backend_url``, else ``singleton_redis_url``, else a Redis broker URL."""
+    for setting in ("singleton_backend_url", "singleton_redis_url"):
+        value = conf.get(setting)
+        if value is None:
+            continue
+        if setting == "singleton_redis_url" and isinstance(value, str) and value.startswith(backends.ETCD_SCHEMES):
+            raise ConfigurationError(setting, value, "a Redis URL (give an etcd URL as singleton_backend_url)")
+        return backends.parse_urls(setting, value)
+    broker = conf.get("broker_url")
+    if isinstance(broker, str) and broker.startswith(backends.redis_backend.SCHEMES):
+        return (broker.split(";")[0],)
+    raise ConfigurationError(
+        "singleton_backend_url", None,
+        "a Redis URL, a list of them, or an etcd:// URL (the broker URL "
+        f"{backends.without_passwords(broker) if isinstance(broker, str) else broker!r} is not a Redis URL, so it cannot"
+        " be the default)",
+    )
 
 
 def read_settings(conf: Mapping[str, Any]) -> Settings:
@@ -126,7 +112,7 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigurationError("singleton_catch_up_limit", limit, "a whole number >= 1")
     return Settings(
-        redis_urls=_redis_urls(conf),
+        backend_urls=_backend_urls(conf),
         key_prefix=prefix,
         lease_ttl=ttl,
         renew_interval=renew,

@@ -19,9 +19,8 @@ import logging
 import threading
 from typing import Callable
 
-from .clock import Clock, monotonic
 from .errors import ConfigurationError
-from .lease import LeaseProtocol
+from .backend import LeaseProtocol
 from .timing import default_renew_interval, default_retry_interval, give_up_margin, jittered
 
 log = logging.getLogger("singleton_tasks.election")
@@ -118,7 +117,11 @@ class LeaseKeeper:
 
 
 class LeaderElector:
-    """Keeps campaigning for ``lease`` in a background thread until ``stop()``."""
+    """Keeps campaigning for ``lease`` in a background thread until ``stop()``.
+
+    Time comes from the lease (``held``, ``valid_for()`` on its injected clock); the elector
+    keeps no clock of its own, so a lease on a manual clock makes its decisions testable.
+    """
 
     def __init__(
         self,
@@ -127,7 +130,6 @@ class LeaderElector:
         on_lost: Callback | None = None,
         renew_interval: float | None = None,
         retry_interval: float | None = None,
-        clock: Clock = monotonic,
     ) -> None:
         self.lease = lease
         self.on_elected = on_elected
@@ -138,7 +140,6 @@ class LeaderElector:
             raise ConfigurationError("renew_interval", renew_interval, f"more than 0 and less than ttl/2 ({lease.ttl / 2})")
         if not 0 < self.retry_interval:
             raise ConfigurationError("retry_interval", retry_interval, "a positive number of seconds")
-        self._clock = clock
         self._leading = False
         self._renew_failed = False
         self._elected = threading.Event()

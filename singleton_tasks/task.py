@@ -34,14 +34,12 @@ from celery.exceptions import Ignore
 from celery.utils.dispatch import Signal
 
 from . import keys
-from .conf import ON_BUSY_POLICIES, SLOT_HEADER, settings_for
+from .conf import ON_BUSY_POLICIES, SLOT_HEADER, Settings, settings_for
 from .election import LeaseKeeper
 from .errors import ConfigurationError, LeaseError, LeaseLost, SingletonError, TaskBusy
-from .fence import SLOT_MEMORY, Claim, claim_slot
-from .lease import Lease
+from .backend import SLOT_MEMORY, Backend, Claim, LeaseProtocol
+from .backends import log_startup_warnings
 from .timing import default_op_timeout
-from .nodes import NodeSet
-from .probes import warn_if_evicting
 
 log = logging.getLogger("singleton_tasks.task")
 
@@ -57,24 +55,31 @@ class SkippedRun(Ignore):  # type: ignore[misc]
     """The run was skipped (busy, or a beat slot that already ran): acked quietly."""
 
 
-_nodesets: dict[tuple[int, tuple[str, ...], float], NodeSet] = {}
+_backends: dict[tuple[int, Settings, float], Backend] = {}
 
 
-def _nodes_for(urls: tuple[str, ...], timeout: float) -> NodeSet:
+def _backend_for(settings: Settings, timeout: float) -> Backend:
     # One connection set per process and timeout: pools must not cross a fork (prefork
     # pool), and a task with a short TTL must not wait as long as one with a long TTL.
-    key = (os.getpid(), urls, timeout)
-    if key not in _nodesets:
-        _nodesets[key] = NodeSet(list(urls), timeout)
-        if not any(k[:2] == key[:2] for k in _nodesets if k != key):
-            warn_if_evicting(_nodesets[key])  # once per process and set of nodes
-    return _nodesets[key]
+    key = (os.getpid(), settings, timeout)
+    if key not in _backends:
+        _backends[key] = settings.open_backend(timeout)
+        if not any(k[:2] == key[:2] for k in _backends if k != key):
+            log_startup_warnings(_backends[key])  # once per process and store
+    return _backends[key]
+
+
+def close_backends() -> None:
+    """Close every store connection this process opened for singleton tasks (tests use it)."""
+    for backend in _backends.values():
+        backend.close()
+    _backends.clear()
 
 
 class SingletonRun:
     """What a running singleton task may ask of its lease. One per run."""
 
-    def __init__(self, task: Task, lease: Lease, slot: str | None = None) -> None:
+    def __init__(self, task: Task, lease: LeaseProtocol, slot: str | None = None) -> None:
         self._task = task
         self._lease = lease
         self._slot = slot
@@ -172,11 +177,11 @@ class SingletonTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         settings = settings_for(self.app)
         ttl = self.singleton_ttl or settings.task_ttl
-        nodes = _nodes_for(settings.redis_urls, default_op_timeout(ttl))
+        backend = _backend_for(settings, default_op_timeout(ttl))
         headers = self.request.headers or {}
         slot = headers.get(SLOT_HEADER) or getattr(self.request, SLOT_HEADER, None)
         name = keys.task_lease_name(self.singleton_lease_name(args, kwargs))
-        lease = Lease(name, nodes, ttl=ttl, prefix=settings.key_prefix)
+        lease = backend.lease(name, ttl)
         if not lease.acquire(blocking=False):
             unreachable = lease.unreachable
             if unreachable:  # not busy: the nodes failed, so say so instead of skipping quietly
@@ -187,7 +192,7 @@ class SingletonTask(Task):  # type: ignore[misc]
             policy = "skip" if slot else self.singleton_on_busy or settings.on_busy
             return self._busy(lease, policy, settings.busy_retry_countdown)
         if slot:
-            self._claim_slot(lease, nodes, str(slot), settings.key_prefix, settings.slot_memory)
+            self._claim_slot(lease, backend, str(slot), settings.slot_memory)
         run = self.request.singleton = SingletonRun(self, lease, str(slot) if slot else None).start()
         try:
             return super().__call__(*args, **kwargs)
@@ -201,7 +206,7 @@ class SingletonTask(Task):  # type: ignore[misc]
             lease.release()
             self.request.singleton = None
 
-    def _claim_slot(self, lease: Lease, nodes: NodeSet, slot: str, prefix: str, memory: float) -> None:
+    def _claim_slot(self, lease: LeaseProtocol, backend: Backend, slot: str, memory: float) -> None:
         """Claim ``slot`` for this attempt under the lease, or release it and skip the run.
 
         A retry the body asked for (a later attempt) may claim again; a duplicate delivery
@@ -213,7 +218,7 @@ class SingletonTask(Task):  # type: ignore[misc]
                         self.name, SLOT_HEADER, slot)
             return
         entry, due_ms = parsed
-        claim = claim_slot(nodes, keys.slots_key(prefix, entry), due_ms, int(self.request.retries or 0), memory)
+        claim = backend.claim_slot(lease, entry, due_ms, int(self.request.retries or 0), memory)
         if claim.outcome is Claim.CLAIMED:
             return
         lease.release()
@@ -227,7 +232,7 @@ class SingletonTask(Task):  # type: ignore[misc]
                         "cannot run twice", self.name, slot, claim.detail)
         raise SkippedRun(f"slot {slot}: {claim.outcome.value}")
 
-    def _busy(self, lease: Lease, policy: str, countdown: float) -> Any:
+    def _busy(self, lease: LeaseProtocol, policy: str, countdown: float) -> Any:
         log.info("%s: lease %s is busy (%s)", self.name, lease.name, policy)
         if policy == "retry":
             raise self.retry(countdown=countdown)

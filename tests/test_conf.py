@@ -18,7 +18,7 @@ def make_app(**conf) -> Celery:
 
 def test_defaults_beat_the_fastest_peer() -> None:
     s = settings_for(make_app())
-    assert s.redis_urls == ("redis://127.0.0.1:6399/1",), "the Redis broker is the default lease node"
+    assert s.backend_urls == ("redis://127.0.0.1:6399/1",), "the Redis broker is the default lease node"
     assert s.lease_ttl == 5.0 and s.renew_interval <= s.lease_ttl / 3 and s.retry_interval <= 0.5
     assert s.task_ttl == 30.0 and s.key_prefix == "singleton:" and s.missed_runs == "coalesce"
 
@@ -34,13 +34,13 @@ def test_settings_are_read_once_and_frozen() -> None:
 
 def test_a_list_of_nodes() -> None:
     urls = ["redis://127.0.0.1:1/0", "redis://127.0.0.1:2/0", "redis://127.0.0.1:3/0"]
-    assert settings_for(make_app(singleton_redis_url=urls)).redis_urls == tuple(urls)
+    assert settings_for(make_app(singleton_redis_url=urls)).backend_urls == tuple(urls)
 
 
 def test_a_non_redis_broker_needs_an_explicit_url() -> None:
     with pytest.raises(ConfigurationError) as err:
         settings_for(make_app(broker_url="amqp://guest@localhost//"))
-    assert err.value.setting == "singleton_redis_url" and "amqp://" in str(err.value)
+    assert err.value.setting == "singleton_backend_url" and "amqp://" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_django_style_namespace() -> None:
     app = Celery("django-style", set_as_current=False)
     app.config_from_object(DjangoSettings, namespace="CELERY")
     s = settings_for(app)
-    assert (s.lease_ttl, s.missed_runs, s.redis_urls) == (7.0, "skip", ("redis://127.0.0.1:6399/2",))
+    assert (s.lease_ttl, s.missed_runs, s.backend_urls) == (7.0, "skip", ("redis://127.0.0.1:6399/2",))
 
 
 def test_a_namespaced_error_names_the_setting_as_written() -> None:
@@ -105,8 +105,8 @@ def test_a_comma_joined_string_is_a_list_of_nodes(redis_nodes_factory) -> None:
 
     nodes = redis_nodes_factory(3)
     s = settings_for(make_app(singleton_redis_url=" , ".join(nodes.urls)))
-    assert s.redis_urls == tuple(nodes.urls), "each URL between the commas is a node of its own"
-    lease = Lease("comma", list(s.redis_urls), ttl=5)
+    assert s.backend_urls == tuple(nodes.urls), "each URL between the commas is a node of its own"
+    lease = Lease("comma", list(s.backend_urls), ttl=5)
     assert lease.acquire(blocking=False)
     assert all(node.client().get(lease.key) for node in nodes), "the lease is held on all three servers"
     lease.release()
@@ -147,7 +147,7 @@ def test_one_node_spelled_twice_is_refused_at_settings_time(redis_nodes_factory)
         assert "same server and db" in message, message
     # The same server with other dbs is allowed here; building its NodeSet warns (test_nodes).
     urls = [f"redis://127.0.0.1:{node.port}/{db}" for db in range(3)]
-    assert read_settings({"singleton_redis_url": urls}).redis_urls == tuple(urls)
+    assert read_settings({"singleton_redis_url": urls}).backend_urls == tuple(urls)
 
 
 def test_celery_singleton_check_refuses_a_node_spelled_twice_without_a_traceback(

@@ -65,7 +65,7 @@ def test_django_settings_configure_the_library(django_project, keep_celery_curre
     from example_project.djangoproj.celery import app
 
     s = settings_for(app)
-    assert s.redis_urls == tuple(LEASE_NODES)
+    assert s.backend_urls == tuple(LEASE_NODES)
     assert (s.lease_ttl, s.renew_interval, s.task_ttl, s.missed_runs) == (3.0, 1.0, 7.0, "skip")
     assert app.conf.broker_url == "redis://127.0.0.1:6390/0"
     assert app.conf.beat_scheduler == "singleton"
@@ -113,7 +113,7 @@ def test_flask_factory_runs_singleton_tasks_in_the_app_context(redis_node, fence
     })
     celery_app = flask_app.extensions["celery"]
     s = settings_for(celery_app)
-    assert (s.redis_urls, s.lease_ttl, s.task_ttl) == ((redis_node.url,), 3.0, 4.0)
+    assert (s.backend_urls, s.lease_ttl, s.task_ttl) == ((redis_node.url,), 3.0, 4.0)
 
     task = celery_app.tasks["flaskapp.charge_account"]
     flask_task_cls = celery_app.task_cls

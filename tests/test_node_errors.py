@@ -16,10 +16,13 @@ import redis
 from celery import Celery
 
 from procs import APPS
-from singleton_tasks import AccessDenied, Claim, FencedRecords, Lease, LeaseError, claim_slot, singleton_task
-from singleton_tasks.nodes import NodeSet
-from singleton_tasks.probes import eviction_warnings, warn_if_evicting
-from singleton_tasks.task import _nodesets
+from singleton_tasks import AccessDenied, Claim, Lease, LeaseError, singleton_task
+from singleton_tasks.backends.redis import FencedRecords, claim_slot
+from singleton_tasks.backends.redis.nodes import NodeSet
+from singleton_tasks.backends import log_startup_warnings
+from singleton_tasks.backends.redis import RedisBackend
+from singleton_tasks.backends.redis.probes import eviction_warnings
+from singleton_tasks.task import close_backends
 
 #: Everything the library needs, as the README's security section gives it.
 MINIMAL_ACL = ("~singleton:* &singleton:* +evalsha +eval +get +set +incr +pexpire +pttl +del +publish +hget +hset "
@@ -60,9 +63,7 @@ def test_a_claim_that_fails_is_not_reported_as_already_ran(redis_node, caplog) -
         assert "already ran" not in caplog.text
         assert report.apply().state == "SUCCESS", "the lease itself works for this user"
     finally:
-        for node_set in _nodesets.values():
-            node_set.close()
-        _nodesets.clear()
+        close_backends()
 
 
 def test_a_fenced_write_that_fails_names_each_nodes_error(redis_nodes_factory) -> None:
@@ -86,8 +87,8 @@ def test_an_evicting_memory_policy_is_warned_about_naming_the_node_and_policy(re
     assert len(warnings) == 2, warnings
     assert f":{nodes[1].port}/0" in warnings[0] and "'allkeys-lru'" in warnings[0]
     assert f":{nodes[2].port}/0" in warnings[1] and "cannot read maxmemory-policy" in warnings[1]
-    with caplog.at_level(logging.WARNING, logger="singleton_tasks.probes"):
-        warn_if_evicting(node_set)
+    with caplog.at_level(logging.WARNING, logger="singleton_tasks.backends"):
+        log_startup_warnings(RedisBackend(node_set))
     assert len(caplog.records) == 2 and all(w in caplog.text for w in warnings)
     assert Lease("still-works", node_set, ttl=5).acquire(blocking=False), "a warning, never a refusal to run"
 
@@ -150,7 +151,7 @@ def test_check_runs_the_real_operations_not_just_ping(redis_nodes_factory) -> No
 
 def test_the_minimal_acl_is_exact(redis_node) -> None:
     """The README's ACL rule is enough for every operation, and no part of it can be dropped."""
-    from singleton_tasks.probes import exercise_node
+    from singleton_tasks.backends.redis.probes import exercise_node
 
     def problem(rules: list[str]) -> str | None:
         redis_node.client().flushall()

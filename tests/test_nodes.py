@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from singleton_tasks.nodes import NodeSet, Script
+from singleton_tasks.backends.redis.nodes import NodeSet, Script
 from singleton_tasks.testing import RedisNode, SentinelNode
 
 ECHO = Script("return {ARGV[1], redis.call('INCR', KEYS[1])}")

@@ -15,7 +15,7 @@ from celery.signals import task_postrun
 
 from procs import wait_for
 from singleton_tasks import ConfigurationError, Lease, LeaseLost, SingletonTask, TaskBusy, lease_lost, singleton_task
-from singleton_tasks.task import _nodesets
+from singleton_tasks.task import close_backends
 
 
 @pytest.fixture
@@ -26,9 +26,7 @@ def app(redis_node):
         singleton_redis_url=redis_node.url, singleton_task_ttl=2.0,
     )
     yield app
-    for nodes in _nodesets.values():
-        nodes.close()
-    _nodesets.clear()
+    close_backends()
 
 
 def holder_of(app: Celery, name: str):

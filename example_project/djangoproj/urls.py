@@ -3,18 +3,20 @@
 from django.http import JsonResponse
 from django.urls import path
 
-from singleton_tasks import Lease, settings_for
+from singleton_tasks import settings_for
+from singleton_tasks.keys import beat_lease_name
 
 from .celery import app
 
 
 def beat_leader(request):
     s = settings_for(app)
-    lease = Lease(s.beat_lease_name, list(s.redis_urls), ttl=s.lease_ttl, prefix=s.key_prefix)
+    backend = s.open_backend()
+    name = beat_lease_name(s.beat_lease_name)
     try:
-        return JsonResponse({"lease": lease.key, "holder": lease.holder()})
+        return JsonResponse({"lease": name, "holder": backend.lease(name, s.lease_ttl).holder()})
     finally:
-        lease.nodes.close()
+        backend.close()
 
 
 urlpatterns = [path("", beat_leader)]

@@ -23,11 +23,8 @@ resource) before acting. That is what the fencing token is for.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -36,37 +33,17 @@ from typing import Any, Callable, Protocol, Sequence
 from redis.client import PubSub
 from redis.exceptions import RedisError
 
-from . import keys, scripts
-from .clock import Clock, monotonic
-from .errors import AccessDenied, ConfigurationError, LeaseError, MalformedLeaseValue, foreign_value
+from . import scripts
+from ... import keys
+from ...backend import new_owner, parse_owner
+from ...clock import Clock, monotonic
+from ...errors import AccessDenied, ConfigurationError, LeaseError, MalformedLeaseValue, foreign_value
 from .nodes import NodeSet, NodeSpec
 from .quorum import PERMANENT_ERRORS, Tally, describe, tally
-from .timing import MIN_TTL, default_op_timeout, default_retry_interval, jittered, validity_deadline
+from ...timing import MIN_TTL, default_op_timeout, default_retry_interval, jittered, validity_deadline
 
 log = logging.getLogger("singleton_tasks.lease")
 
-HOSTNAME = socket.gethostname()
-
-
-class LeaseProtocol(Protocol):
-    """What the elector and the Celery layer need from a lease; another store can provide it."""
-
-    name: str
-    ttl: float
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool: ...
-    def renew(self) -> bool: ...
-    def release(self) -> None: ...
-    @property
-    def held(self) -> bool: ...
-    @property
-    def token(self) -> int | None: ...
-    def valid_for(self) -> float: ...
-    @property
-    def unreachable(self) -> str | None: ...
-    def exceed(self, token: int) -> None: ...
-    def holder(self) -> dict[str, Any] | None: ...
-    def on_release(self, callback: Callable[[], None]) -> Callable[[], None]: ...
 
 
 #: The highest token this process has seen per fence (its nodes and key): a grant never goes
@@ -305,7 +282,7 @@ class Lease:
         with self._lock:
             if self._grant is not None and self._clock() < self._grant.deadline:
                 return True
-            owner = json.dumps({"host": HOSTNAME, "pid": os.getpid(), "id": secrets.token_hex(8)})
+            owner = new_owner()
             started = self._clock()
             deadline = validity_deadline(started, self.ttl)
             replies = self.nodes.run_script(scripts.ACQUIRE, [self.key, self.fence_key], [owner, self._ttl_ms])
@@ -404,13 +381,10 @@ class Lease:
             raise MalformedLeaseValue(self.fence_key, raw, self.nodes.labels[node]) from None
 
     def _parse_owner(self, raw: bytes | str, node: int) -> dict[str, Any]:
-        try:
-            info = json.loads(raw)
-            if isinstance(info, dict) and {"host", "pid", "id"} <= info.keys():
-                return {"host": str(info["host"]), "pid": int(info["pid"]), "id": str(info["id"])}
-        except (TypeError, ValueError):
-            pass
-        raise MalformedLeaseValue(self.key, raw, self.nodes.labels[node])
+        info = parse_owner(raw)
+        if info is None:
+            raise MalformedLeaseValue(self.key, raw, self.nodes.labels[node])
+        return info
 
     def _release_owner(self, owner: str, announce: bool = True) -> None:
         # Every node, not just those that granted: a lost reply may hide a grant. A failed

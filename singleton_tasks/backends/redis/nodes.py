@@ -29,7 +29,7 @@ from redis.retry import Retry
 from redis.backoff import NoBackoff
 from redis.sentinel import SentinelConnectionPool
 
-from .errors import ConfigurationError
+from ...errors import ConfigurationError
 
 log = logging.getLogger("singleton_tasks.nodes")
 

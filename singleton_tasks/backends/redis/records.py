@@ -16,12 +16,11 @@ Values are JSON texts or decimal strings: nothing read back is unpickled or eval
 
 from __future__ import annotations
 
-import enum
 import json
-from dataclasses import dataclass
 from typing import Any
 
-from .errors import LeaseError, StaleToken
+from ...backend import SLOT_MEMORY, Claim, ClaimResult
+from ...errors import LeaseError, StaleToken
 from .nodes import NodeSet, Script
 from .quorum import Tally, tally
 
@@ -81,9 +80,6 @@ class FencedRecords:
         return best
 
 
-#: How many recent slots of one entry are remembered for telling a duplicate delivery apart.
-SLOT_MEMORY = 64
-
 #: KEYS: the entry's slot record (a hash: due ms -> attempt, and 'floor').
 #: ARGV: due ms, attempt, SLOT_MEMORY, ttl_ms.
 #: Returns 1 when this attempt may run; 0 when this or a later attempt already claimed the
@@ -108,21 +104,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 )
-
-
-class Claim(enum.Enum):
-    """What a slot claim found."""
-
-    CLAIMED = "claimed"  #: this attempt may run
-    ALREADY_RAN = "already ran"  #: this or a later attempt claimed it: a duplicate delivery
-    TOO_OLD = "too old"  #: older than every slot remembered for its entry: not run
-    FAILED = "failed"  #: errors kept the claim from a majority: not run (at most once)
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    outcome: Claim
-    detail: str  #: the nodes' answers, with each failed node's own error text
 
 
 def claim_slot(nodes: NodeSet, key: str, due_ms: int, attempt: int, memory: float,

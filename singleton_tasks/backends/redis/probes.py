@@ -1,7 +1,7 @@
 """Checks of the Redis nodes a lease lives on: what would silently break its guarantees.
 
 ``exercise_node`` (for ``celery singleton check``) runs the library's real operations on one
-node; ``warn_if_evicting`` (at start-up) reports a memory policy that can delete our keys.
+node; ``eviction_warnings`` (at start-up) reports a memory policy that can delete our keys.
 
 An evicting memory policy lets Redis delete a lease, a fence or a slot record when memory runs
 short: leases end early (needless elections), a fence forgets its history, a slot runs twice.
@@ -11,19 +11,17 @@ which the lease reports as a failing node.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 
 from redis.exceptions import RedisError
 
-from . import keys
-from .fence import Claim, FencedRecords, claim_slot
+from ... import keys
+from ...backend import Claim
 from .lease import Lease
+from .records import FencedRecords, claim_slot
 from .nodes import NodeSet
 from .quorum import describe
-
-log = logging.getLogger("singleton_tasks.probes")
 
 SAFE_POLICY = "noeviction"
 
@@ -45,15 +43,6 @@ def eviction_warnings(nodes: NodeSet) -> list[str]:
             warnings.append(f"{label}: maxmemory-policy is {policy!r} (maxmemory {limit}): Redis may evict lease, "
                             f"fence and slot keys when memory is full; set maxmemory-policy {SAFE_POLICY}")
     return warnings
-
-
-def warn_if_evicting(nodes: NodeSet) -> None:
-    """Log ``eviction_warnings`` at WARNING; never raises (a check must not stop start-up)."""
-    try:
-        for line in eviction_warnings(nodes):
-            log.warning("singleton-tasks: node %s", line)
-    except Exception as exc:  # pragma: no cover - a check that cannot run is itself reported
-        log.warning("singleton-tasks: could not check the nodes' memory policy: %r", exc)
 
 
 def _text(value: object) -> str:

@@ -1,0 +1,87 @@
+"""The Redis backend: a quorum lease over 1, 3 or 5 independent Redis masters, with fencing tokens.
+
+See ``lease.py`` for the guarantees and what they assume (node clocks within 1 % in rate, no
+majority of nodes forgetting its data at once), ``records.py`` for fenced writes and slot
+claims, ``probes.py`` for the checks behind ``celery singleton check`` and start-up warnings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ... import keys
+from ...backend import ClaimResult, LeaseProtocol
+from ...clock import Clock, monotonic
+from ...errors import ConfigurationError
+from .lease import Lease
+from .nodes import NodeSet, NodeSpec, check_independent
+from .probes import eviction_warnings, exercise_node
+from .records import FencedRecords, claim_slot
+
+SCHEMES = ("redis://", "rediss://", "unix://")
+
+__all__ = ["RedisBackend", "Lease", "NodeSet", "FencedRecords", "claim_slot", "SCHEMES", "parse_urls"]
+
+
+def parse_urls(setting: str, value: Any) -> tuple[str, ...]:
+    """The node URLs of ``value`` (a URL, a list of them, or one string of them joined with commas).
+
+    An odd number, each a redis://, rediss:// or unix:// URL, no node twice however spelled;
+    otherwise ``ConfigurationError`` naming ``setting`` and ``value``.
+    """
+    urls = _split(setting, value) if isinstance(value, str) else value
+    if not isinstance(urls, (list, tuple)) or not urls or not all(
+        isinstance(u, str) and u.startswith(SCHEMES) for u in urls
+    ):
+        raise ConfigurationError(setting, value, "a redis:// URL or a non-empty list of them")
+    if len(urls) % 2 == 0:
+        raise ConfigurationError(setting, value, "an odd number of independent Redis nodes (1, 3, 5)")
+    check_independent(setting, value, urls)
+    return tuple(urls)
+
+
+def _split(setting: str, value: str) -> list[str]:
+    if "," not in value:
+        return [value]
+    parts = [part.strip() for part in value.split(",")]
+    if not all(part.startswith(SCHEMES) for part in parts):
+        raise ConfigurationError(
+            setting, value,
+            "a Redis URL or a list of them; a comma separates node URLs, but not every part between commas"
+            " is a redis://, rediss:// or unix:// URL (write a comma inside a URL, e.g. in a password, as %2C)",
+        )
+    return parts
+
+
+class RedisBackend:
+    """``backend.Backend`` over independent Redis nodes, all leases sharing one ``NodeSet``."""
+
+    def __init__(self, nodes: NodeSet | NodeSpec | Sequence[NodeSpec], *, prefix: str = "singleton:",
+                 timeout: float = 1.0) -> None:
+        self.nodes = nodes if isinstance(nodes, NodeSet) else NodeSet(nodes, timeout)
+        self.prefix = prefix
+        self.timeout = timeout
+        self.labels = self.nodes.labels
+
+    def lease(self, name: str, ttl: float, *, retry_interval: float | None = None,
+              clock: Clock | None = None) -> LeaseProtocol:
+        return Lease(name, self.nodes, ttl, prefix=self.prefix, retry_interval=retry_interval,
+                     op_timeout=self.timeout, clock=clock or monotonic)
+
+    def records(self, schedule: str) -> FencedRecords:
+        return FencedRecords(self.nodes, keys.schedule_key(self.prefix, schedule))
+
+    def claim_slot(self, lease: LeaseProtocol, entry: str, due_ms: int, attempt: int,
+                   memory: float) -> ClaimResult:
+        # Not guarded by the lease on the nodes (the caller holds it): Redis cannot compare
+        # another key's owner inside a script without touching a second hash slot.
+        return claim_slot(self.nodes, keys.slots_key(self.prefix, entry), due_ms, attempt, memory)
+
+    def startup_warnings(self) -> list[str]:
+        return eviction_warnings(self.nodes)
+
+    def check(self) -> list[tuple[str, str | None]]:
+        return [(label, exercise_node(self.nodes, i, self.prefix, self.timeout)) for i, label in enumerate(self.labels)]
+
+    def close(self) -> None:
+        self.nodes.close()
