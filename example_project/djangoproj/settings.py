@@ -1,7 +1,8 @@
 """Settings of the example Django project. Every URL comes from the environment.
 
 CELERY_BROKER_URL     broker (default redis://127.0.0.1:6379/0)
-SINGLETON_REDIS_URL   lease nodes: one Redis URL, or an odd number of them comma-separated
+SINGLETON_BACKEND_URL the lease store: Redis node URLs (one, or an odd number comma-separated),
+                      or etcd://host:port,host:port (SINGLETON_REDIS_URL: the Redis form, as before)
                       (default: the broker's Redis)
 SINGLETON_LEASE_TTL   beat leader lease, seconds (default 5): a dead leader's replacement
                       starts dispatching about this long after the crash
@@ -36,8 +37,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = TIME_ZONE
 
 # singleton-tasks: every CELERY_SINGLETON_* setting is singleton_* in app.conf.
-_nodes = os.environ.get("SINGLETON_REDIS_URL")
-CELERY_SINGLETON_REDIS_URL = _nodes.split(",") if _nodes else CELERY_BROKER_URL
+# The store, chosen by URL scheme: Redis node URLs joined with commas, or an etcd:// URL.
+CELERY_SINGLETON_BACKEND_URL = os.environ.get("SINGLETON_BACKEND_URL") or os.environ.get("SINGLETON_REDIS_URL") \
+    or CELERY_BROKER_URL
 CELERY_SINGLETON_LEASE_TTL = float(os.environ.get("SINGLETON_LEASE_TTL", "5"))
 CELERY_SINGLETON_TASK_TTL = float(os.environ.get("SINGLETON_TASK_TTL", "30"))
 CELERY_SINGLETON_MISSED_RUNS = os.environ.get("SINGLETON_MISSED_RUNS", "coalesce")

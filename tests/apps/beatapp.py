@@ -1,6 +1,6 @@
 """A Celery app for the process tests: broker and lease on the Redis named by the environment.
 
-SINGLETON_TEST_BROKER: broker URL.  SINGLETON_TEST_NODES: comma-separated lease node URLs.
+SINGLETON_TEST_BROKER: broker URL.  SINGLETON_TEST_NODES: the store (singleton_backend_url): Redis node URLs joined with commas, or an etcd:// URL.
 SINGLETON_TEST_LOG: Redis URL where tasks record what ran.
 Optional: SINGLETON_TEST_TTL (beat lease TTL, 2 s), SINGLETON_TEST_TASK_TTL (5 s),
 SINGLETON_TEST_EVERY (the ``tick`` period, 1 s).
@@ -17,7 +17,7 @@ from singleton_tasks import singleton_task
 app = Celery("beatapp")
 app.conf.update(
     broker_url=os.environ["SINGLETON_TEST_BROKER"],
-    singleton_redis_url=os.environ["SINGLETON_TEST_NODES"].split(","),
+    singleton_backend_url=os.environ["SINGLETON_TEST_NODES"],
     singleton_lease_ttl=float(os.environ.get("SINGLETON_TEST_TTL", "2")),
     singleton_task_ttl=float(os.environ.get("SINGLETON_TEST_TASK_TTL", "5")),
     beat_schedule={

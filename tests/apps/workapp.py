@@ -1,6 +1,6 @@
 """A Celery app for the worker process tests (see test_task_workers.py).
 
-SINGLETON_TEST_BROKER: broker URL.  SINGLETON_TEST_NODES: lease node URLs (comma-separated).
+SINGLETON_TEST_BROKER: broker URL.  SINGLETON_TEST_NODES: the store (singleton_backend_url): Redis node URLs joined with commas, or an etcd:// URL.
 SINGLETON_TEST_LOG: Redis URL where tasks record what ran.
 """
 
@@ -16,7 +16,7 @@ from singleton_tasks import singleton_task
 app = Celery("workapp")
 app.conf.update(
     broker_url=os.environ["SINGLETON_TEST_BROKER"],
-    singleton_redis_url=os.environ["SINGLETON_TEST_NODES"].split(","),
+    singleton_backend_url=os.environ["SINGLETON_TEST_NODES"],
     singleton_task_ttl=float(os.environ.get("SINGLETON_TEST_TASK_TTL", "2")),
     singleton_busy_retry_countdown=0.1,
     worker_prefetch_multiplier=1,
