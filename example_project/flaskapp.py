@@ -44,7 +44,10 @@ def celery_init_app(app: Flask) -> Celery:
 def register_tasks(celery_app: Celery) -> dict[str, Any]:
     """The app's tasks, bound to its Celery app (so they get its FlaskTask base)."""
 
-    @singleton_task(app=celery_app, name="flaskapp.charge_account", key=lambda account, *a, **kw: account)
+    # shared=False: bound to this Celery app only, so a second create_app() (tests, several
+    # apps in one process) gets its own task with its own FlaskTask, not the first one's.
+    @singleton_task(app=celery_app, name="flaskapp.charge_account", key=lambda account, *a, **kw: account,
+                    shared=False)
     def charge_account(self: Any, account: str, amount: int) -> dict[str, Any]:
         # current_app works here only because FlaskTask runs this inside app.app_context().
         with self.singleton.guard(budget=1.0) as token:

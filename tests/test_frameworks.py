@@ -22,7 +22,7 @@ if str(REPO) not in sys.path:  # example_project is run from the repository root
     sys.path.insert(0, str(REPO))
 
 from example_project.api import APIError, FencedAPI, StaleTokenRejected, charge, ledger  # noqa: E402
-from singleton_tasks import ConfigurationError, Lease, SingletonTask, settings_for  # noqa: E402
+from singleton_tasks import ConfigurationError, SingletonTask, settings_for  # noqa: E402
 
 LEASE_NODES = ["redis://127.0.0.1:6391/0", "redis://127.0.0.1:6392/0", "redis://127.0.0.1:6393/0"]
 
@@ -93,27 +93,30 @@ def test_django_bad_lease_ttl_names_the_setting_and_the_value(django_project, ba
 # -- Flask ---------------------------------------------------------------------------------
 
 
-def test_flask_factory_runs_singleton_tasks_in_the_app_context(redis_node, fenced_api, keep_celery_current_app) -> None:
+@pytest.mark.parametrize("store", ["redis", "etcd"])
+def test_flask_factory_runs_singleton_tasks_in_the_app_context(store, redis_node, etcd_cluster_factory, fenced_api,
+                                                               keep_celery_current_app) -> None:
     from celery.contrib.testing.worker import start_worker
     from celery.result import AsyncResult
 
     from example_project.flaskapp import create_app
 
     port = redis_node.port
+    backend_url = redis_node.url if store == "redis" else etcd_cluster_factory(1).etcd_url
     flask_app = create_app({
         "TESTING": True,
         "FENCED_API_URL": fenced_api.url,
         "CELERY": {
             "broker_url": f"redis://127.0.0.1:{port}/1",
             "result_backend": f"redis://127.0.0.1:{port}/2",
-            "singleton_redis_url": redis_node.url,
+            "singleton_backend_url": backend_url,
             "singleton_lease_ttl": 3,
             "singleton_task_ttl": 4,
         },
     })
     celery_app = flask_app.extensions["celery"]
     s = settings_for(celery_app)
-    assert (s.backend_urls, s.lease_ttl, s.task_ttl) == ((redis_node.url,), 3.0, 4.0)
+    assert (s.backend_urls, s.lease_ttl, s.task_ttl) == ((backend_url,), 3.0, 4.0)
 
     task = celery_app.tasks["flaskapp.charge_account"]
     flask_task_cls = celery_app.task_cls
@@ -135,7 +138,8 @@ def test_flask_factory_runs_singleton_tasks_in_the_app_context(redis_node, fence
     ]
 
     # The lease is real: while another holder has it, a run is skipped and calls nothing.
-    holder = Lease("task:flaskapp.charge_account:acme", redis_node.url, ttl=5)
+    backend = s.open_backend()
+    holder = backend.lease("task:flaskapp.charge_account:acme", 5)
     assert holder.acquire(blocking=False)
     held_token = holder.token
     try:
@@ -144,6 +148,7 @@ def test_flask_factory_runs_singleton_tasks_in_the_app_context(redis_node, fence
         holder.release()
     assert len(fenced_api.ledger()) == 2
     assert task.apply(args=("acme", 1)).get()["token"] > held_token > second["token"]
+    backend.close()
 
 
 # -- the fenced API ------------------------------------------------------------------------
@@ -183,16 +188,18 @@ def test_fenced_api_rejects_a_token_lower_than_the_highest_accepted(fenced_api) 
 
 
 @pytest.mark.timeout(150)
-def test_demo_runs_end_to_end(tmp_path) -> None:
+@pytest.mark.parametrize("backend", ["redis", "etcd"])
+def test_demo_runs_end_to_end(tmp_path, backend) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CELERY_", "SINGLETON_", "BILLING_"))}
     proc = subprocess.run(
-        [sys.executable, "-m", "example_project.demo", "--quick", "--log-dir", str(tmp_path)],
+        [sys.executable, "-m", "example_project.demo", "--quick", "--backend", backend, "--log-dir", str(tmp_path)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=140,
     )
     out = proc.stdout
     logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in sorted(tmp_path.glob("*.log")))
     assert proc.returncode == 0, out + proc.stderr + logs
     assert "all checks passed" in out
+    assert ("3-member etcd cluster" in out) == (backend == "etcd"), "the demo ran on the store asked for"
     assert re.search(r"each exactly once: yes \(run twice: 0, missing from the 1s grid: 0\)", out), out
     assert re.search(r"runs per slot: \{1: \d+\} \(slots .*\); sent but never run: 0", out), out
     assert re.search(r"took over \d+\.\d+s after the kill", out), out
