@@ -65,6 +65,7 @@ from typing import IO, Callable, Sequence
 import redis
 from etcd3gw.lock import Lock as Etcd3gwLock
 
+from interleave import run_interleaved
 from singleton_tasks import LeaderElector, open_backend
 from singleton_tasks.backend import Backend
 from singleton_tasks.backends.etcd import EtcdBackend, EtcdClient
@@ -219,19 +220,6 @@ def run_cycle(subject: Subject, record: bool) -> None:
     if record:
         for op_name, elapsed in timings:
             subject.samples[op_name].append(elapsed)
-
-
-def run_interleaved(subjects: Sequence[Subject], cycles: int, batch: int, rng: random.Random, record: bool) -> None:
-    """Run ``cycles`` cycles per subject, in batches, the subjects shuffled every round."""
-    done = 0
-    while done < cycles:
-        size = min(batch, cycles - done)
-        order = list(subjects)
-        rng.shuffle(order)
-        for subject in order:
-            for _ in range(size):
-                run_cycle(subject, record)
-        done += size
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float:
@@ -661,10 +649,10 @@ def main(argv: Sequence[str]) -> int:
                 subjects.append(etcd3gw_lock(store, f"bench-{run_id}-etcd3gw"))
         for subject in subjects:
             stack.callback(subject.close)
-        run_interleaved(subjects, args.warmup, args.batch, rng, record=False)
+        run_interleaved(subjects, args.warmup, args.batch, rng, lambda subject: run_cycle(subject, False))
         gc.collect()
         latency_started = time.monotonic()
-        run_interleaved(subjects, args.iterations, args.batch, rng, record=True)
+        run_interleaved(subjects, args.iterations, args.batch, rng, lambda subject: run_cycle(subject, True))
         latency_time = time.monotonic() - latency_started
         print(f"## Latency ({latency_time:.0f} s)\n")
         print_latency(subjects)

@@ -38,6 +38,7 @@ import redis
 import redis_lock  # type: ignore[import-untyped]
 from pottery import Redlock
 
+from interleave import run_interleaved
 from singleton_tasks import Lease
 from singleton_tasks.backends.redis.nodes import NodeSet
 from singleton_tasks.testing import RedisNode, RedisNodes
@@ -196,19 +197,6 @@ def run_cycle(subject: Subject, record: bool) -> None:
         for op_name, elapsed, cpu in timings:
             subject.samples[op_name].append(elapsed)
             subject.cpu[op_name].append(cpu)
-
-
-def run_interleaved(subjects: Sequence[Subject], cycles: int, batch: int, rng: random.Random, record: bool) -> None:
-    """Run ``cycles`` cycles per subject, in batches, the subjects shuffled every round."""
-    done = 0
-    while done < cycles:
-        size = min(batch, cycles - done)
-        order = list(subjects)
-        rng.shuffle(order)
-        for subject in order:
-            for _ in range(size):
-                run_cycle(subject, record)
-        done += size
 
 
 def stats(samples_ns: Sequence[int]) -> Stats:
@@ -401,9 +389,9 @@ def main(argv: Sequence[str]) -> int:
             stack.callback(subject.close)
 
         rng = random.Random(args.seed)
-        run_interleaved(subjects, args.warmup, args.batch, rng, record=False)
+        run_interleaved(subjects, args.warmup, args.batch, rng, lambda subject: run_cycle(subject, False))
         gc.collect()
-        run_interleaved(subjects, args.iterations, args.batch, rng, record=True)
+        run_interleaved(subjects, args.iterations, args.batch, rng, lambda subject: run_cycle(subject, True))
         print_table(subjects)
 
         print(f"renew on 5 nodes / renew on 1 node (target for ours <= {RENEW_SCALING_TARGET:.0f}x):")

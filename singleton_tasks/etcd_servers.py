@@ -8,6 +8,9 @@ process started here is killed by PID when its member is killed or cleaned up, w
 Members listen on 127.0.0.1 only. Status and health are read over etcd's HTTP gateway
 (``/health``, ``/v3/maintenance/status``) with the standard library, so this module needs
 no etcd client; ``EtcdMember.client()`` gives an ``etcd3gw`` client when that is installed.
+With ``tls`` (an ``EtcdTLS``), a member serves clients over HTTPS only and demands a client
+certificate signed by its CA; health, status and ``client()`` then use HTTPS with that CA and
+the ``EtcdTLS`` client certificate. Peers always talk plain HTTP on loopback.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ import platform
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -99,19 +105,53 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-# urllib follows $http_proxy; requests to our loopback servers must never go to a proxy.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+@dataclass(frozen=True)
+class EtcdTLS:
+    """The files a TLS-only member and its clients use (PEM paths).
+
+    ``cert``/``key`` are the server's (valid for IP 127.0.0.1); ``ca`` signs them and every
+    client certificate the member accepts; ``client_cert``/``client_key`` are the certificate
+    this module's health checks and ``client()`` present. ``cert`` needs the clientAuth usage
+    as well as serverAuth: etcd's HTTP gateway presents it to the member's own gRPC port, and
+    without it every gateway request fails while ``/health`` still says true (3.4 and 3.5).
+    """
+
+    ca: str
+    cert: str
+    key: str
+    client_cert: str
+    client_key: str
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts ``ca`` alone and presents the client certificate."""
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
 
 
-def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 2.0) -> Any:
+def opener(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
+    """A urllib opener that never uses a proxy, and speaks HTTPS with ``context`` when given."""
+    # urllib follows $http_proxy; requests to our loopback servers must never go to a proxy.
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
+
+
+_opener = opener()
+
+
+def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 2.0,
+              context: ssl.SSLContext | None = None) -> Any:
     """GET ``url`` (or POST ``body`` as JSON) and return the decoded JSON answer.
 
-    Raises ``OSError`` (``urllib.error.URLError``, ``HTTPError``, a timeout) when the server
-    does not answer 2xx in time, ``ValueError`` when the answer is not JSON.
+    ``context`` is the TLS client context for an ``https://`` URL (default: the system's CAs).
+    Raises ``OSError`` (``urllib.error.URLError``, ``HTTPError``, a timeout, a TLS failure) when
+    the server does not answer 2xx in time, ``ValueError`` when the answer is not JSON.
     """
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with _opener.open(request, timeout=timeout) as response:
+    with (_opener if context is None else opener(context)).open(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
@@ -121,12 +161,12 @@ class EtcdMember:
     Normally made by ``EtcdCluster``, which sets ``initial_cluster`` and ``token``. A restart
     keeps the ports and the data directory, so the member comes back as itself with its data
     (with a data directory etcd ignores the ``--initial-cluster*`` flags). ``extra_args`` are
-    more server options.
+    more server options; ``tls`` makes the client port HTTPS-only with client certificates.
     """
 
     def __init__(self, name: str = "m0", binary: str | None = None, client_port: int | None = None,
                  peer_port: int | None = None, initial_cluster: str | None = None,
-                 token: str | None = None, extra_args: Sequence[str] = ()) -> None:
+                 token: str | None = None, extra_args: Sequence[str] = (), tls: EtcdTLS | None = None) -> None:
         self.name = name
         self.binary = binary or etcd_server_binary()
         self.client_port = client_port or free_port()
@@ -134,6 +174,9 @@ class EtcdMember:
         self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
         self.token = token or f"singleton-{uuid.uuid4().hex}"
         self.extra_args = list(extra_args)
+        self.tls = tls
+        # Made once: loading the CA and the client certificate for every health poll is waste.
+        self.ssl_context = tls.ssl_context() if tls is not None else None
         self.dir = Path(tempfile.mkdtemp(prefix=f"singleton-etcd-{self.client_port}-"))
         self.data_dir = self.dir / "data"
         self.log_path = self.dir / "etcd.log"
@@ -143,8 +186,8 @@ class EtcdMember:
 
     @property
     def url(self) -> str:
-        """The client URL, ``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.client_port}"
+        """The client URL, ``http://127.0.0.1:PORT`` (``https://`` with TLS)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     @property
     def endpoint(self) -> str:
@@ -180,8 +223,17 @@ class EtcdMember:
             "--heartbeat-interval", str(HEARTBEAT_MS), "--election-timeout", str(ELECTION_MS),
             # zap: 3.4's default logger (capnslog) is deprecated and logs differently from 3.5.
             "--logger", "zap", "--log-outputs", "stderr",
+            *self._tls_args(),
             *self.extra_args,
         ]
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        # --trusted-ca-file with --client-cert-auth: a client without a certificate signed by
+        # that CA is refused during the handshake, before any request is read.
+        return ["--cert-file", self.tls.cert, "--key-file", self.tls.key,
+                "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
 
     def spawn(self) -> "EtcdMember":
         """Start the process without waiting for it to serve (a new cluster's members start together)."""
@@ -204,7 +256,7 @@ class EtcdMember:
         if not self.running or self.paused:
             return False
         try:
-            answer = http_json(f"{self.url}/health", timeout=timeout)
+            answer = http_json(f"{self.url}/health", timeout=timeout, context=self.ssl_context)
         except (OSError, ValueError):
             return False
         return isinstance(answer, dict) and answer.get("health") == "true"
@@ -247,7 +299,7 @@ class EtcdMember:
         Raises ``OSError`` if the member does not answer within ``timeout``, ``ValueError`` if
         the answer is not a JSON object.
         """
-        answer = http_json(f"{self.url}/v3/maintenance/status", {}, timeout=timeout)
+        answer = http_json(f"{self.url}/v3/maintenance/status", {}, timeout=timeout, context=self.ssl_context)
         if not isinstance(answer, dict):
             raise ValueError(f"unexpected status answer from {self.url}: {answer!r}")
         return answer
@@ -260,9 +312,13 @@ class EtcdMember:
         return self._member_id
 
     def client(self, **kwargs: Any) -> "Etcd3Client":
-        """An ``etcd3gw`` client for this member (needs the ``etcd3gw`` package)."""
+        """An ``etcd3gw`` client for this member (needs the ``etcd3gw`` package); with TLS it
+        speaks HTTPS with the CA and client certificate of ``tls`` unless ``kwargs`` say otherwise."""
         from etcd3gw.client import Etcd3Client
 
+        if self.tls is not None:
+            kwargs = {"protocol": "https", "ca_cert": self.tls.ca, "cert_cert": self.tls.client_cert,
+                      "cert_key": self.tls.client_key, **kwargs}
         client = Etcd3Client(host="127.0.0.1", port=self.client_port, **kwargs)
         if "session" not in kwargs:  # a caller's own session is left as it is
             # requests follows $http_proxy too; a loopback server must never be reached through one.
@@ -338,15 +394,17 @@ class EtcdCluster:
 
     The constructor returns once every member is healthy (a leader is elected and each member
     serves), else closes what it started and raises with the log tails. The cluster token is
-    unique, so members of two clusters never mistake each other for peers.
+    unique, so members of two clusters never mistake each other for peers. ``tls`` makes every
+    member's client port HTTPS-only (see ``EtcdTLS``).
     """
 
     def __init__(self, size: int = 1, binary: str | None = None, timeout: float = 30.0,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), tls: EtcdTLS | None = None) -> None:
         if size < 1:
             raise ValueError(f"an etcd cluster needs at least one member, not {size}")
         self.binary = binary or etcd_server_binary()
         self.token = f"singleton-{uuid.uuid4().hex}"
+        self.tls = tls
         ports = _free_ports(2 * size)
         names = [f"m{i}" for i in range(size)]
         initial_cluster = ",".join(f"{name}=http://127.0.0.1:{ports[2 * i + 1]}" for i, name in enumerate(names))
@@ -356,6 +414,7 @@ class EtcdCluster:
                 self.members.append(EtcdMember(
                     name, self.binary, client_port=ports[2 * i], peer_port=ports[2 * i + 1],
                     initial_cluster=initial_cluster, token=self.token, extra_args=extra_args,
+                    tls=tls,
                 ))
             # All at once: no member becomes healthy before a majority is up.
             for member in self.members:
@@ -369,7 +428,7 @@ class EtcdCluster:
 
     @property
     def urls(self) -> list[str]:
-        """Client URLs, ``["http://127.0.0.1:P1", ...]``."""
+        """Client URLs, ``["http://127.0.0.1:P1", ...]`` (``https://`` with TLS)."""
         return [m.url for m in self.members]
 
     @property
@@ -379,8 +438,12 @@ class EtcdCluster:
 
     @property
     def etcd_url(self) -> str:
-        """``etcd://127.0.0.1:P1,127.0.0.1:P2,...``."""
-        return f"etcd://{self.endpoints}"
+        """``etcd://127.0.0.1:P1,127.0.0.1:P2,...``; with TLS ``etcds://...?ca=...&cert=...&key=...``
+        (the client certificate of ``tls``)."""
+        if self.tls is None:
+            return f"etcd://{self.endpoints}"
+        query = urllib.parse.urlencode({"ca": self.tls.ca, "cert": self.tls.client_cert, "key": self.tls.client_key})
+        return f"etcds://{self.endpoints}?{query}"
 
     @property
     def version(self) -> str:

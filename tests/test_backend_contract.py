@@ -16,9 +16,9 @@ from typing import Iterator
 
 import pytest
 from celery import Celery
-from celery.signals import before_task_publish
 
 from procs import wait_for
+from publishing import published, tick_until
 from singleton_tasks import Claim, LeaderElector, LeaderScheduler, StaleToken, open_backend, singleton_task
 from singleton_tasks import keys
 from singleton_tasks.backend import SLOT_MEMORY, Backend
@@ -179,19 +179,11 @@ def test_a_singleton_task_and_beat_run_on_the_store_named_by_one_setting(store_u
     def tick(self):
         ran.append((self.singleton.slot, self.singleton.token))
 
-    sent: list[dict] = []
-
-    def record(headers=None, **_):
-        sent.append(headers)
-
-    before_task_publish.connect(record, weak=False)
     scheduler = LeaderScheduler(app=app)
     try:
-        scheduler.schedule["every-second"].last_run_at = datetime.now(timezone.utc) - timedelta(seconds=2)
-        deadline = time.monotonic() + 15
-        while not sent:
-            assert time.monotonic() < deadline, "the leader dispatched the due entry"
-            scheduler.tick()
+        with published() as sent:
+            scheduler.schedule["every-second"].last_run_at = datetime.now(timezone.utc) - timedelta(seconds=2)
+            tick_until(scheduler, lambda: sent, 15, "the leader to dispatch the due entry")
         headers = sent[0]
         assert headers["singleton_slot"].startswith("beat/every-second@") and headers["singleton_token"] >= 1
         for _ in range(2):  # the same slot delivered twice runs once
@@ -199,6 +191,5 @@ def test_a_singleton_task_and_beat_run_on_the_store_named_by_one_setting(store_u
         assert [slot for slot, _ in ran] == [headers["singleton_slot"]]
         assert ran[0][1] >= 1
     finally:
-        before_task_publish.disconnect(record)
         scheduler.close()
         close_backends()

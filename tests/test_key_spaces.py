@@ -6,8 +6,8 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from celery import Celery
-from celery.signals import before_task_publish
 
+from publishing import published, tick_until
 from singleton_tasks import Claim, LeaderScheduler, Lease, singleton_task
 from singleton_tasks.backends.redis import claim_slot
 from singleton_tasks import keys
@@ -28,22 +28,13 @@ def schedule_app(redis_url: str, lease_name: str) -> Celery:
 
 def first_sent(app: Celery, last_run: datetime) -> dict:
     """The headers and task id of the first message ``app``'s LeaderScheduler sends."""
-    sent: list[dict] = []
-
-    def record(headers=None, **_):
-        sent.append(headers)
-
-    before_task_publish.connect(record, weak=False)
     scheduler = LeaderScheduler(app=app)
     try:
-        scheduler.schedule["report"].last_run_at = last_run
-        deadline = time.monotonic() + 10
-        while not sent and time.monotonic() < deadline:
-            scheduler.tick()
-        assert sent, "the leader sent the due entry"
+        with published() as sent:
+            scheduler.schedule["report"].last_run_at = last_run
+            tick_until(scheduler, lambda: sent, 10, "the leader to send the due entry")
         return sent[0]
     finally:
-        before_task_publish.disconnect(record)
         scheduler.close()
 
 

@@ -27,7 +27,7 @@ def is_etcd(urls: Sequence[str]) -> bool:
 def parse_urls(setting: str, value: Any) -> tuple[str, ...]:
     """Validate a backend setting: one etcd URL, or Redis node URLs (see ``backends.redis.parse_urls``)."""
     if isinstance(value, str) and value.startswith(ETCD_SCHEMES):
-        from .etcd.client import parse_etcd_url  # only etcd users need etcd3gw installed
+        from .etcd.config import parse_etcd_url  # only etcd users need etcd3gw installed
 
         parse_etcd_url(setting, value)
         return (value,)

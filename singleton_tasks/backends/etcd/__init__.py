@@ -24,7 +24,8 @@ from ...backend import Claim, ClaimResult, LeaseProtocol
 from ...clock import Clock, monotonic
 from ...errors import ConfigurationError, LeaseError
 from ...keys import beat_lease_name, slots_key
-from .client import EtcdClient, EtcdConfig, parse_etcd_url
+from .client import EtcdClient
+from .config import EtcdConfig, parse_etcd_url
 from .lease import EtcdLease
 from .records import EtcdRecords, claim_slot
 

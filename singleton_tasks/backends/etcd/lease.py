@@ -32,16 +32,17 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ...backend import new_owner, parse_owner
 from ...clock import Clock, monotonic
-from ...errors import AccessDenied, ConfigurationError, LeaseError, MalformedLeaseValue, foreign_value
+from ...errors import LeaseError, MalformedLeaseValue, foreign_value
 from ...keys import lease_key
-from ...timing import MIN_TTL, default_retry_interval, jittered, validity_deadline
-from .client import EtcdClient, EtcdDenied, KV, compare_create, compare_lease, delete, get, put
+from ...lease_base import Grant, LeaseBase
+from ...timing import validity_deadline
+from .client import EtcdClient, EtcdDenied
+from .wire import KV, compare_create, compare_lease, delete, get, put
 
 log = logging.getLogger("singleton_tasks.etcd.lease")
 
@@ -52,130 +53,36 @@ _seen_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
-class _Grant:
-    owner: str
-    token: int
+class _Grant(Grant):
     lease_id: int  # the etcd lease the key is attached to
-    deadline: float
 
 
-class EtcdLease:
-    """A named lease held by at most one owner at a time; see the module docstring.
+class EtcdLease(LeaseBase[_Grant]):
+    """A named lease held by at most one owner at a time; see the module docstring (and
+    ``lease_base`` for the checks, the local state and the flow it shares with other stores).
 
     ``client`` is shared by every lease of a backend. ``ttl`` is in seconds (etcd's lease is
     ``ceil(ttl)``); ``retry_interval`` the mean pause between blocking acquire attempts.
     """
 
+    _log = log
+
     def __init__(self, client: EtcdClient, name: str, ttl: float = 10.0, *, prefix: str = "singleton:",
                  retry_interval: float | None = None, clock: Clock = monotonic) -> None:
-        if not isinstance(name, str) or not name or any(c in name for c in "{}"):
-            raise ConfigurationError("name", name, "a non-empty string without braces")
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl < MIN_TTL:
-            raise ConfigurationError("ttl", ttl, f"a number of seconds >= {MIN_TTL}")
-        self.name = name
-        self.ttl = float(ttl)
-        self.retry_interval = retry_interval if retry_interval is not None else default_retry_interval(self.ttl)
-        if self.retry_interval <= 0:
-            raise ConfigurationError("retry_interval", retry_interval, "a positive number of seconds")
+        super().__init__(name, ttl, retry_interval, clock)
         self.client = client
         self.key = lease_key(prefix, name)
-        self._clock = clock
-        self._grant: _Grant | None = None
         self._unreachable: str | None = None
-        self._denied: str | None = None
+        self._refused: str | None = None  # the last attempt's EtcdDenied: see _denied
         self._problems: dict[str, str] = {}  # topic -> what to log when it is resolved
         self._history = (tuple(client.labels), self.key)
-        self._lock = threading.Lock()  # serialises acquire/renew/release; reads need none
-
-    # -- local state, no I/O -------------------------------------------------------------
-
-    @property
-    def held(self) -> bool:
-        """True only while the current grant's validity window lasts."""
-        grant = self._grant
-        return grant is not None and self._clock() < grant.deadline
-
-    def valid_for(self) -> float:
-        """Seconds of guaranteed validity left; 0.0 when not held."""
-        grant = self._grant
-        return max(0.0, grant.deadline - self._clock()) if grant is not None else 0.0
-
-    @property
-    def token(self) -> int | None:
-        """The fencing token (the key's create revision) of the current grant, or None when not held."""
-        grant = self._grant
-        return grant.token if grant is not None and self._clock() < grant.deadline else None
 
     @property
     def unreachable(self) -> str | None:
         """Why the last acquire failed when errors, not another holder, kept it; else None."""
         return self._unreachable
 
-    # -- network operations --------------------------------------------------------------
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Take the lease. Blocking waits (up to ``timeout`` seconds) with jittered retries.
-
-        A blocking acquire raises ``AccessDenied`` when the cluster refuses the credentials or
-        a permission: that does not pass by waiting.
-        """
-        give_up = None if timeout is None else self._clock() + timeout
-        while True:
-            if self._try_acquire():
-                return True
-            if not blocking:
-                return False
-            if self._denied is not None:
-                raise AccessDenied(self.name, self._denied)
-            pause = jittered(self.retry_interval)
-            if give_up is not None:
-                left = give_up - self._clock()
-                if left <= 0:
-                    return False
-                pause = min(pause, left)
-            time.sleep(pause)
-
-    def renew(self) -> bool:
-        """Extend the current grant: keepalive, then the guarded write. False when not extended.
-
-        The new validity counts from the monotonic time taken before the keepalive was sent.
-        """
-        with self._lock:
-            grant = self._grant
-            if grant is None:
-                return False
-            started = self._clock()
-            if started >= grant.deadline:
-                self._grant = None
-                log.warning("lease %s: validity ran out before renewal", self.name)
-                return False
-            try:
-                ttl_left = self.client.keepalive(grant.lease_id)
-                if ttl_left <= 0:
-                    return self._lost(grant, "its etcd lease expired or was revoked")
-                answer = self.client.txn(
-                    [compare_create(self.key, grant.token), compare_lease(self.key, grant.lease_id)],
-                    [put(self.key, grant.owner, grant.lease_id)], [get(self.key)])
-            except LeaseError as exc:
-                self._report("error", f"renew failed: {exc}", resolved="renews again")
-                return False
-            self._report("error", None)
-            if not answer.succeeded:
-                kv = answer.kv(0)
-                why = "the key is gone" if kv is None else f"the key now has create revision {kv.create_revision}"
-                return self._lost(grant, f"{why} (etcd lease {grant.lease_id:x})")
-            deadline = validity_deadline(started, min(self.ttl, float(ttl_left)))
-            if self._clock() >= deadline:
-                return False
-            self._grant = _Grant(grant.owner, grant.token, grant.lease_id, deadline)
-            return True
-
-    def release(self) -> None:
-        """Delete the key if it is still ours, revoke the etcd lease. Safe to call any number of times."""
-        with self._lock:
-            grant, self._grant = self._grant, None
-            if grant is not None:
-                self._drop(grant.token, grant.lease_id)
+    # -- network operations (acquire, renew, release: see LeaseBase) -------------------------
 
     def exceed(self, token: int) -> None:
         """Refuse later grants whose token is not above ``token`` (one a fenced resource accepted).
@@ -210,24 +117,49 @@ class EtcdLease:
     def close(self) -> None:
         self.release()
 
-    def __enter__(self) -> "EtcdLease":
-        if not self.acquire():
-            raise LeaseError(f"lease {self.name}: not acquired")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
     def __repr__(self) -> str:
         return f"<EtcdLease {self.name!r} ttl={self.ttl} held={self.held}>"
 
     # -- internals -----------------------------------------------------------------------
 
+    def _extend(self, grant: _Grant, started: float) -> bool:
+        """A keepalive, then the guarded write; the new validity counts from ``started``, taken
+        before the keepalive was sent. Dropped at once when the etcd lease or the key is gone."""
+        try:
+            ttl_left = self.client.keepalive(grant.lease_id)
+            if ttl_left <= 0:
+                return self._lost(grant, "its etcd lease expired or was revoked")
+            answer = self.client.txn(
+                [compare_create(self.key, grant.token), compare_lease(self.key, grant.lease_id)],
+                [put(self.key, grant.owner, grant.lease_id)], [get(self.key)])
+        except LeaseError as exc:
+            self._report("error", f"renew failed: {exc}", resolved="renews again")
+            return False
+        self._report("error", None)
+        if not answer.succeeded:
+            kv = answer.kv(0)
+            why = "the key is gone" if kv is None else f"the key now has create revision {kv.create_revision}"
+            return self._lost(grant, f"{why} (etcd lease {grant.lease_id:x})")
+        deadline = validity_deadline(started, min(self.ttl, float(ttl_left)))
+        if self._clock() >= deadline:
+            return False
+        self._grant = _Grant(grant.owner, grant.token, deadline, lease_id=grant.lease_id)
+        return True
+
+    def _release(self, grant: _Grant) -> None:
+        """Delete the key if it is still ours, then revoke the etcd lease."""
+        self._drop(grant.token, grant.lease_id)
+
+    def _denied(self) -> str | None:
+        """Why the cluster refused the last attempt's credentials or a permission (``EtcdDenied``),
+        which does not pass by waiting; None when it did not."""
+        return self._refused
+
     def _try_acquire(self) -> bool:
         with self._lock:
-            if self._grant is not None and self._clock() < self._grant.deadline:
+            if self.held:
                 return True
-            self._unreachable = self._denied = None
+            self._unreachable = self._refused = None
             owner = new_owner()
             started = self._clock()
             try:
@@ -263,7 +195,7 @@ class EtcdLease:
             if self._clock() >= deadline:
                 self._drop(token, lease_id)
                 return False
-            self._grant = _Grant(owner, token, lease_id, deadline)
+            self._grant = _Grant(owner, token, deadline, lease_id=lease_id)
             self.exceed(token)
             log.debug("lease %s: acquired, token %d, valid %.3fs", self.name, token, deadline - self._clock())
             return True
@@ -271,7 +203,7 @@ class EtcdLease:
     def _failed(self, op: str, exc: LeaseError) -> bool:
         self._unreachable = str(exc)
         if isinstance(exc, EtcdDenied):
-            self._denied = str(exc)
+            self._refused = str(exc)
         self._report("error", f"{op} failed: {exc}",
                      logging.ERROR if isinstance(exc, EtcdDenied) else logging.WARNING, "answers again")
         return False

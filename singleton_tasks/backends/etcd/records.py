@@ -33,7 +33,8 @@ from typing import Any
 from ...backend import SLOT_MEMORY, Claim, ClaimResult, LeaseProtocol
 from ...errors import LeaseError, LeaseLost, StaleToken, foreign_value
 from ...keys import beat_lease_name, lease_key, schedule_key, slots_key
-from .client import EtcdClient, EtcdNotFound, KV, compare_create, compare_mod, get, put
+from .client import EtcdClient, EtcdNotFound
+from .wire import KV, compare_create, compare_mod, get, put
 
 #: How often a claim that lost a race to another claimer reads and tries again.
 RACE_RETRIES = 5

@@ -24,11 +24,9 @@ resource) before acting. That is what the fencing token is for.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from redis.client import PubSub
 from redis.exceptions import RedisError
@@ -37,13 +35,13 @@ from . import scripts
 from ... import keys
 from ...backend import new_owner, parse_owner
 from ...clock import Clock, monotonic
-from ...errors import AccessDenied, ConfigurationError, LeaseError, MalformedLeaseValue, foreign_value
+from ...errors import ConfigurationError, LeaseError, MalformedLeaseValue, foreign_value
+from ...lease_base import Grant, LeaseBase
 from .nodes import NodeSet, NodeSpec
 from .quorum import PERMANENT_ERRORS, Tally, describe, tally
-from ...timing import MIN_TTL, default_op_timeout, default_retry_interval, jittered, validity_deadline
+from ...timing import default_op_timeout, validity_deadline
 
 log = logging.getLogger("singleton_tasks.lease")
-
 
 
 #: The highest token this process has seen per fence (its nodes and key): a grant never goes
@@ -52,21 +50,17 @@ _seen_tokens: dict[tuple[tuple[str, ...], str], int] = {}
 _seen_lock = threading.Lock()
 
 
-@dataclass(frozen=True)
-class _Grant:
-    owner: str
-    token: int
-    deadline: float
-
-
-class Lease:
-    """A named lease held by at most one owner at a time; see the module docstring.
+class Lease(LeaseBase[Grant]):
+    """A named lease held by at most one owner at a time; see the module docstring (and
+    ``lease_base`` for the checks, the local state and the flow it shares with other stores).
 
     ``nodes`` is a Redis URL, a ``redis.Redis`` client, or a list of an odd number of them
     (or a ``NodeSet``, to share connections between leases).
     ``ttl`` is the lease lifetime in seconds; ``retry_interval`` the mean pause between
     blocking acquire attempts; ``op_timeout`` bounds each network wait.
     """
+
+    _log = log
 
     def __init__(
         self,
@@ -80,112 +74,21 @@ class Lease:
         clock: Clock = monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(name, str) or not name or any(c in name for c in "{}"):
-            raise ConfigurationError("name", name, "a non-empty string without braces")
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl < MIN_TTL:
-            raise ConfigurationError("ttl", ttl, f"a number of seconds >= {MIN_TTL}")
+        super().__init__(name, ttl, retry_interval, clock)
         if not isinstance(prefix, str):
             raise ConfigurationError("prefix", prefix, "a string")
-        self.name = name
-        self.ttl = float(ttl)
-        self.retry_interval = retry_interval if retry_interval is not None else default_retry_interval(self.ttl)
-        if self.retry_interval <= 0:
-            raise ConfigurationError("retry_interval", retry_interval, "a positive number of seconds")
         self.op_timeout = op_timeout if op_timeout is not None else default_op_timeout(self.ttl)
         self._owns_nodes = not isinstance(nodes, NodeSet)
         self.nodes = nodes if isinstance(nodes, NodeSet) else NodeSet(nodes, self.op_timeout)
         self.key = keys.lease_key(prefix, name)
         self.fence_key = keys.fence_key(prefix, name)
         self.channel = keys.release_channel(prefix, name)
-        self._clock = clock
         self._wall_clock = wall_clock
-        self._grant: _Grant | None = None
         self._last_attempt: Tally | None = None
         self._problems: dict[tuple[int, str], str] = {}  # (node, topic) -> what is wrong there now
         self._history = (tuple(self.nodes.labels), self.fence_key)
-        self._lock = threading.Lock()  # serialises acquire/renew/release; reads need none
 
-    # -- local state, no I/O -------------------------------------------------------------
-
-    @property
-    def held(self) -> bool:
-        """True only while the current grant's validity window lasts."""
-        grant = self._grant
-        return grant is not None and self._clock() < grant.deadline
-
-    def valid_for(self) -> float:
-        """Seconds of guaranteed validity left; 0.0 when not held."""
-        grant = self._grant
-        return max(0.0, grant.deadline - self._clock()) if grant is not None else 0.0
-
-    @property
-    def token(self) -> int | None:
-        """The fencing token of the current grant, or None when not held."""
-        grant = self._grant
-        return grant.token if grant is not None and self._clock() < grant.deadline else None
-
-    # -- network operations --------------------------------------------------------------
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Take the lease. Blocking waits (up to ``timeout`` seconds) with jittered retries.
-
-        A blocking acquire raises ``AccessDenied`` when nodes refuse this client for good
-        (wrong credentials, missing permissions) and too few are left for a majority.
-        """
-        give_up = None if timeout is None else self._clock() + timeout
-        while True:
-            if self._try_acquire():
-                return True
-            if not blocking:
-                return False
-            attempt = self._last_attempt
-            denied = attempt.permanent if attempt is not None else ()
-            if denied and len(self.nodes) - len(denied) < self.nodes.quorum:
-                raise AccessDenied(self.name, "; ".join(f"{self.nodes.labels[i]}: {describe(e)}" for i, e in denied))
-            pause = jittered(self.retry_interval)
-            if give_up is not None:
-                left = give_up - self._clock()
-                if left <= 0:
-                    return False
-                pause = min(pause, left)
-            time.sleep(pause)
-
-    def renew(self) -> bool:
-        """Extend the current grant. False when it could not be extended.
-
-        After False the lease is still ``held`` until its old deadline if the nodes merely
-        failed to answer; it is dropped at once when a majority answered that it is not ours.
-        """
-        with self._lock:
-            grant = self._grant
-            if grant is None:
-                return False
-            started = self._clock()
-            if started >= grant.deadline:
-                self._grant = None
-                log.warning("lease %s: validity ran out before renewal", self.name)
-                return False
-            replies = self.nodes.run_script(scripts.RENEW, [self.key], [grant.owner, self._ttl_ms])
-            extended = sum(1 for r in replies if r == 1)
-            refused = sum(1 for r in replies if r == 0)
-            self._log_failures("renew", replies)
-            if extended >= self.nodes.quorum:
-                deadline = validity_deadline(started, self.ttl)
-                if self._clock() < deadline:
-                    self._grant = _Grant(grant.owner, grant.token, deadline)
-                    return True
-            if len(self.nodes) - refused < self.nodes.quorum:
-                self._grant = None
-                log.warning("lease %s: lost (a majority of nodes no longer hold it for us)", self.name)
-                self._release_owner(grant.owner, announce=False)  # minority leftovers would only delay the next holder
-            return False
-
-    def release(self) -> None:
-        """Give the lease up and wake standbys. Safe to call any number of times."""
-        with self._lock:
-            grant, self._grant = self._grant, None
-            if grant is not None:
-                self._release_owner(grant.owner)
+    # -- network operations (acquire, renew, release: see LeaseBase) -------------------------
 
     @property
     def unreachable(self) -> str | None:
@@ -261,14 +164,6 @@ class Lease:
         if self._owns_nodes:
             self.nodes.close()
 
-    def __enter__(self) -> "Lease":
-        if not self.acquire():
-            raise LeaseError(f"lease {self.name}: not acquired")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
     def __repr__(self) -> str:
         return f"<Lease {self.name!r} ttl={self.ttl} nodes={len(self.nodes)} held={self.held}>"
 
@@ -278,9 +173,40 @@ class Lease:
     def _ttl_ms(self) -> int:
         return int(self.ttl * 1000)
 
+    def _extend(self, grant: Grant, started: float) -> bool:
+        """Renew on every node: held on when a majority extended it in time; dropped at once
+        when so many answered that it is not ours that a majority can no longer extend it."""
+        replies = self.nodes.run_script(scripts.RENEW, [self.key], [grant.owner, self._ttl_ms])
+        extended = sum(1 for r in replies if r == 1)
+        refused = sum(1 for r in replies if r == 0)
+        self._log_failures("renew", replies)
+        if extended >= self.nodes.quorum:
+            deadline = validity_deadline(started, self.ttl)
+            if self._clock() < deadline:
+                self._grant = Grant(grant.owner, grant.token, deadline)
+                return True
+        if len(self.nodes) - refused < self.nodes.quorum:
+            self._grant = None
+            log.warning("lease %s: lost (a majority of nodes no longer hold it for us)", self.name)
+            self._release_owner(grant.owner, announce=False)  # minority leftovers would only delay the next holder
+        return False
+
+    def _release(self, grant: Grant) -> None:
+        """Delete our owner value on every node and announce the release to standbys."""
+        self._release_owner(grant.owner)
+
+    def _denied(self) -> str | None:
+        """The nodes that refuse this client for good (wrong credentials, missing permissions)
+        with their errors, when too few are left for a majority; else None."""
+        attempt = self._last_attempt
+        denied = attempt.permanent if attempt is not None else ()
+        if denied and len(self.nodes) - len(denied) < self.nodes.quorum:
+            return "; ".join(f"{self.nodes.labels[i]}: {describe(e)}" for i, e in denied)
+        return None
+
     def _try_acquire(self) -> bool:
         with self._lock:
-            if self._grant is not None and self._clock() < self._grant.deadline:
+            if self.held:
                 return True
             owner = new_owner()
             started = self._clock()
@@ -315,7 +241,7 @@ class Lease:
             if sum(1 for r in confirmed if r == 1) < self.nodes.quorum or self._clock() >= deadline:
                 self._release_owner(owner, announce=False)
                 return False
-            self._grant = _Grant(owner, token, deadline)
+            self._grant = Grant(owner, token, deadline)
             self.exceed(token)
             log.debug("lease %s: acquired, token %d, valid %.3fs", self.name, token, deadline - self._clock())
             return True

@@ -1,0 +1,32 @@
+"""What an in-process LeaderScheduler publishes: the headers of every message, as Celery sends them."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Iterator
+
+from celery.signals import before_task_publish
+
+
+@contextlib.contextmanager
+def published() -> Iterator[list[dict[str, Any]]]:
+    """The headers of every message published while the block runs, in order."""
+    sent: list[dict[str, Any]] = []
+
+    def record(headers: dict[str, Any] | None = None, **_: Any) -> None:
+        sent.append(headers or {})
+
+    before_task_publish.connect(record, weak=False)
+    try:
+        yield sent
+    finally:
+        before_task_publish.disconnect(record)
+
+
+def tick_until(scheduler: Any, done: Callable[[], object], timeout: float, what: str) -> None:
+    """Run the scheduler's ticks until ``done()`` is true; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        scheduler.tick()
