@@ -75,6 +75,9 @@ class LeaseProtocol(Protocol):
         """Why the last acquire failed when store errors, not another holder, kept it: else None."""
     def exceed(self, token: int) -> None:
         """Make later grants' tokens larger than ``token``, one a fenced resource accepted."""
+    def free_in(self) -> float | None:
+        """After an acquire refused by a holder: seconds until the holder's lease ends, as the
+        store reported it (a renewal may push it back); None when the store did not say."""
     def holder(self) -> dict[str, Any] | None:
         """Who holds it now, read from the store: host, pid, id, token, ttl (s); None if nobody."""
     def on_release(self, callback: Callable[[], None]) -> Callable[[], None]:

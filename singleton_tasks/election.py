@@ -30,18 +30,23 @@ Callback = Callable[[], None]
 
 def next_wait(
     leader: bool, valid_for: float, ttl: float, renew_interval: float, retry_interval: float,
-    renew_failed: bool = False,
+    renew_failed: bool = False, free_in: float | None = None,
 ) -> float:
     """How long the loop sleeps before its next action: a pure function, for testing.
 
     A leader wakes for its next renewal (sooner, after a failed one), but never later than
     the point where it must give up: one third of the TTL before its deadline. A follower
-    waits a jittered retry interval.
+    that was told when the holder's lease ends (``free_in``) sleeps until just after then,
+    never longer than a TTL (a release wakes it sooner); otherwise it waits a jittered retry
+    interval.
     """
     if leader:
         give_up_in = valid_for - give_up_margin(ttl)
         pause = min(retry_interval, renew_interval / 2) if renew_failed else renew_interval
         return max(0.0, min(pause, give_up_in))
+    if free_in is not None:
+        # A few ms after the end, spread so that standbys waking together do not all collide.
+        return min(ttl, free_in + jittered(0.02))
     return jittered(retry_interval)
 
 
@@ -204,7 +209,8 @@ class LeaderElector:
                 failing = repr(exc)
                 self._step_down("error")
             wait = next_wait(self._leading, self.lease.valid_for(), self.lease.ttl,
-                             self.renew_interval, self.retry_interval, self._renew_failed)
+                             self.renew_interval, self.retry_interval, self._renew_failed,
+                             None if self._leading else self.lease.free_in())
             if self._leading:
                 self._wake.clear()  # releases matter to followers only
             if self._stop.is_set():

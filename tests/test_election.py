@@ -29,10 +29,15 @@ def children() -> Iterator[Children]:
 
 
 class ObservedLease(Lease):
-    """A real ``Lease`` that records when the elector called acquire and renew, and how it went."""
+    """A real ``Lease`` that records when the elector called acquire and renew, and how it went.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    ``hint=False`` hides when the holder's key ends (``free_in``), so a standby's only early
+    wake-ups are release notices: what the handover tests prove.
+    """
+
+    def __init__(self, *args: Any, hint: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.hint = hint
         self.attempts: list[tuple[float, float, bool]] = []  # (began, ended, acquired)
         self.renewals: list[list[Any]] = []  # [began, ended or None, renewed or None]
 
@@ -41,6 +46,9 @@ class ObservedLease(Lease):
         ok = super().acquire(blocking, timeout)
         self.attempts.append((began, time.monotonic(), ok))
         return ok
+
+    def free_in(self) -> float | None:
+        return super().free_in() if self.hint else None
 
     def renew(self) -> bool:
         entry: list[Any] = [time.monotonic(), None, None]
@@ -91,6 +99,34 @@ def only_notices_woke(lease: ObservedLease, since: float) -> bool:
 # -- 1. next_wait, the loop's timing as a pure function ----------------------------------
 
 
+def test_next_wait_a_follower_sleeps_until_the_holder_s_lease_ends() -> None:
+    for _ in range(100):
+        wait = next_wait(False, 0.0, ttl=5.0, renew_interval=5 / 3, retry_interval=0.5, free_in=3.2)
+        assert 3.2 < wait <= 3.22, "just after the end, a few ms of jitter"
+    assert next_wait(False, 0.0, 5.0, 5 / 3, 0.5, free_in=60.0) == 5.0, "never longer than a TTL"
+    assert 0.25 <= next_wait(False, 0.0, 5.0, 5 / 3, 0.5, free_in=None) <= 0.5, "no hint: the retry interval"
+
+
+def test_a_standby_asks_about_once_per_holder_ttl_not_every_retry(redis_nodes_factory) -> None:
+    nodes = redis_nodes_factory(3)
+    holder = LeaderElector(Lease("idle", nodes.urls, ttl=2.0)).start()
+    lease = ObservedLease("idle", nodes.urls, ttl=2.0)
+    standby = LeaderElector(lease, retry_interval=0.1)  # without the hint: 10-20 attempts a second
+    try:
+        assert holder.wait_for_leadership(10)
+        standby.start()
+        wait_for(lambda: lease.attempts, 5, "the standby's first attempt")
+        began = time.monotonic()
+        wait_for(lambda: time.monotonic() - began >= 4.0, 6, "four seconds of standing by")
+        tried = sum(1 for at, _, _ in lease.attempts if at >= began)
+        assert 1 <= tried <= 5, f"{tried} attempts in 4 s: it should sleep until the holder's keys end"
+        assert not standby.is_leader and holder.is_leader, "the holder renewed all along"
+        assert 0 < lease.free_in() <= 2.0, "the refused attempt said when the holder's lease ends"
+    finally:
+        standby.stop()
+        holder.stop()
+
+
 def test_next_wait_a_leader_renews_every_renew_interval() -> None:
     for retry in (0.1, 0.5, 5.0):
         assert next_wait(True, valid_for=9.9, ttl=10.0, renew_interval=3.0, retry_interval=retry) == 3.0
@@ -138,7 +174,7 @@ def test_sigterm_to_the_leader_hands_over_within_a_second_by_notification(redis_
     leader = children.spawn("elector", name="handover", urls=nodes.urls, ttl=ttl)
     elected = leader.expect(event="elected", timeout=30)
 
-    lease = ObservedLease("handover", nodes.urls, ttl=ttl)
+    lease = ObservedLease("handover", nodes.urls, ttl=ttl, hint=False)
     events = Events()
     standby = LeaderElector(lease, on_elected=events.elected, on_lost=events.lost, retry_interval=standby_retry)
     standby.start()
@@ -174,7 +210,7 @@ def test_stop_during_a_slow_renewal_still_hands_over_at_once(redis_nodes_factory
     leader_lease = ObservedLease("slow-renewal", nodes.urls, ttl=ttl, op_timeout=0.3)
     leader_events = Events()
     leader = LeaderElector(leader_lease, on_elected=leader_events.elected, on_lost=leader_events.lost)
-    standby_lease = ObservedLease("slow-renewal", nodes.urls, ttl=ttl, op_timeout=0.2)
+    standby_lease = ObservedLease("slow-renewal", nodes.urls, ttl=ttl, op_timeout=0.2, hint=False)
     standby_events = Events()
     standby = LeaderElector(standby_lease, on_elected=standby_events.elected, retry_interval=standby_retry)
     leader.start()
@@ -415,7 +451,7 @@ def test_stopping_a_follower_calls_no_callback_and_leaves_no_thread(redis_nodes_
     holder = Lease("taken", nodes.urls, ttl=5.0)
     assert holder.acquire(blocking=False)
     before = set(threading.enumerate())
-    lease = ObservedLease("taken", nodes.urls, ttl=5.0)
+    lease = ObservedLease("taken", nodes.urls, ttl=5.0, hint=False)  # keep trying: the point is stop()
     events = Events()
     elector = LeaderElector(lease, on_elected=events.elected, on_lost=events.lost, retry_interval=0.05).start()
     try:

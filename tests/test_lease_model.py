@@ -184,7 +184,7 @@ def acquire_model(ks: Keyspace, now: int, keys: Sequence[str], argv: Sequence[by
             ks.set(fence, raised)
             return [1, raised, 1]
         return [1, raw, 0]
-    return [0, ks.get(lease, now) or b""]
+    return [0, ks.get(lease, now) or b"", ks.pttl(lease, now)]
 
 
 def confirm_model(ks: Keyspace, now: int, keys: Sequence[str], argv: Sequence[bytes]) -> Any:
@@ -234,7 +234,7 @@ class ModelEntry:
 #: matches and every run stops with a message naming it: re-read the Lua, update the model and
 #: the SHA here.
 SCRIPT_MODELS: tuple[ModelEntry, ...] = (
-    ModelEntry("ACQUIRE", scripts.ACQUIRE, "b9c1c2b13a2abeb04c5b99ee020d2fb4201f6bd5", acquire_model),
+    ModelEntry("ACQUIRE", scripts.ACQUIRE, "539e7e149e1e15e6057198dcea6f0a9b0c502577", acquire_model),
     ModelEntry("CONFIRM", scripts.CONFIRM, "72d3ae119c287ee6d8abbc45b6d98a5bd9fb5e85", confirm_model),
     ModelEntry("RENEW", scripts.RENEW, "7e4fc0fd36b8e3fd48ee0ede3d1bdb6e4880b281", renew_model),
     ModelEntry("RELEASE", scripts.RELEASE, "30e7c286ccf457e79e39517cf41f538ef38aead2", release_model),
@@ -888,7 +888,7 @@ def test_the_script_models_answer_as_redis_py_does() -> None:
     ks, key, fence = Keyspace(), "singleton:{x}:lease", "singleton:{x}:fence"
     assert acquire_model(ks, 0, [key, fence], [b"a", b"1000"]) == [1, b"", 0]
     assert confirm_model(ks, 10, [key, fence], [b"a", b"7"]) == 1 and ks.get(fence, 10) == b"7"
-    assert acquire_model(ks, 1000, [key, fence], [b"b", b"1000"]) == [0, b"a"], "alive while now <= expiry"
+    assert acquire_model(ks, 1000, [key, fence], [b"b", b"1000"]) == [0, b"a", 0], "alive while now <= expiry"
     assert renew_model(ks, 1000, [key], [b"a", b"1000"]) == 1
     assert acquire_model(ks, 2001, [key, fence], [b"b", b"1000"]) == [1, b"8", 1], "expired: free, fence raised"
     assert confirm_model(ks, 2001, [key, fence], [b"a", b"99"]) == 0 and ks.get(fence, 2001) == b"8"

@@ -82,6 +82,10 @@ class EtcdLease(LeaseBase[_Grant]):
         """Why the last acquire failed when errors, not another holder, kept it; else None."""
         return self._unreachable
 
+    def free_in(self) -> float | None:
+        """Not reported: standbys watch the key, and a release or an expiry wakes them."""
+        return None
+
     # -- network operations (acquire, renew, release: see LeaseBase) -------------------------
 
     def exceed(self, token: int) -> None:

@@ -85,6 +85,7 @@ class Lease(LeaseBase[Grant]):
         self.channel = keys.release_channel(prefix, name)
         self._wall_clock = wall_clock
         self._last_attempt: Tally | None = None
+        self._free_at: float | None = None  # when the last refusing holder's key ends (clock time)
         self._problems: dict[tuple[int, str], str] = {}  # (node, topic) -> what is wrong there now
         self._history = (tuple(self.nodes.labels), self.fence_key)
 
@@ -195,6 +196,24 @@ class Lease(LeaseBase[Grant]):
         """Delete our owner value on every node and announce the release to standbys."""
         self._release_owner(grant.owner)
 
+    def free_in(self) -> float | None:
+        """Seconds until a majority no longer holds the last refusing holder's key; None if unknown."""
+        free_at = self._free_at
+        return None if free_at is None else max(0.0, free_at - self._clock())
+
+    def _holder_ends(self, started: float, attempt: Tally, replies: list[Any]) -> float | None:
+        # The lease can be had once a majority no longer holds the other owner's key: the
+        # free nodes now plus the refusing ones, in the order their keys expire. Measured from
+        # before the request, so it errs early: a standby then just asks once more.
+        if attempt.reached:
+            return None
+        need = self.nodes.quorum - len(attempt.accepted)
+        ends = sorted(int(replies[i][2]) for i in attempt.refused
+                      if isinstance(replies[i], list) and len(replies[i]) > 2 and int(replies[i][2]) >= 0)
+        if need < 1 or len(ends) < need:
+            return None
+        return started + ends[need - 1] / 1000.0
+
     def _denied(self) -> str | None:
         """The nodes that refuse this client for good (wrong credentials, missing permissions)
         with their errors, when too few are left for a majority; else None."""
@@ -216,6 +235,7 @@ class Lease(LeaseBase[Grant]):
             self._last_attempt = attempt = tally(replies, lambda r: isinstance(r, list) and r[0] == 1)
             for i in attempt.refused:
                 self._check_owner(replies[i], i)
+            self._free_at = self._holder_ends(started, attempt, replies)
             if not attempt.reached:
                 if attempt.accepted or attempt.failed:  # a lost reply may hide a grant
                     self._release_owner(owner, announce=False)

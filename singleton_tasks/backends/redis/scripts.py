@@ -12,7 +12,8 @@ from .nodes import Script
 #: KEYS: lease, fence.  ARGV: owner, ttl_ms.
 #: Returns {1, raised fence, 1} when taken; {1, '', 0} when taken on a node without a fence
 #: (new, or it lost its data); {1, raw value, 0} when the fence is not an integer (left as it
-#: is); {0, current owner} when held by someone else.
+#: is); {0, current owner, its remaining ms (PTTL)} when held by someone else, so a standby
+#: can sleep until the holder's key ends instead of asking again and again.
 ACQUIRE = Script(
     """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -23,7 +24,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return {1, fence, 0}
 end
-return {0, redis.call('GET', KEYS[1]) or ''}
+return {0, redis.call('GET', KEYS[1]) or '', redis.call('PTTL', KEYS[1])}
 """
 )
 
