@@ -136,5 +136,13 @@ class Backend(Protocol):
     def check(self) -> list[tuple[str, str | None]]:
         """Run every operation on every node or endpoint: ``(label, first failure or None)``."""
 
+    def force_release(self, name: str) -> bool:
+        """Delete lease ``name`` whoever holds it, and wake its standbys; True if it was held.
+
+        For operators (``celery singleton release``): a running holder loses the lease at its
+        next renewal or checkpoint (``LeaseLost``); until then it may still act on its old
+        validity, which is what its fencing token is for.
+        """
+
     def close(self) -> None:
         """Drop the connections this backend opened."""

@@ -2,7 +2,8 @@
 
 ``celery -A proj singleton status`` shows who holds the beat lease (or ``--name`` another);
 ``celery -A proj singleton check`` validates the settings and runs every operation the library
-needs on every node (exit status 1 when one fails).
+needs on every node (exit status 1 when one fails); ``health [--leader]`` is a probe with named
+exit codes; ``release NAME`` force-releases a stuck lease.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from . import keys
+from .backend import HOSTNAME
 from .conf import settings_for
 from .errors import SingletonError
 from .timing import default_op_timeout
@@ -69,3 +71,73 @@ def check(ctx: click.Context) -> None:
     if failures:
         majority = "no majority" if failures * 2 >= len(results) else "a majority still works"
         raise click.ClickException(f"{failures} of {len(results)} nodes failed ({majority})")
+
+
+#: ``celery singleton health`` exit codes, for probes.
+HEALTHY = 0
+STORE_UNREACHABLE = 1
+NOT_LEADER = 2
+
+
+@singleton.command()
+@click.option("--leader", is_flag=True, help="Exit 0 only on the host whose replica holds the beat lease.")
+@click.pass_context
+def health(ctx: click.Context, leader: bool) -> None:
+    """Probe: exit 0 if this host reaches the store (1 if not); with --leader, 2 unless it leads beat.
+
+    For a liveness probe (``celery -A proj singleton health``) and a readiness probe that routes
+    to the leader (``... health --leader``). The leader is recognised by the host name in the
+    lease's owner value.
+    """
+    s = _settings(ctx)
+    backend = s.open_backend()
+    name = keys.beat_lease_name(s.beat_lease_name)
+    try:
+        holder = backend.lease(name, s.lease_ttl).holder()
+    except SingletonError as exc:
+        click.echo(f"unhealthy: the store cannot be read: {exc}", err=True)
+        ctx.exit(STORE_UNREACHABLE)
+    finally:
+        backend.close()
+    if not leader:
+        click.echo(f"ok: the store answers; {name} is {_who(holder)}")
+        return
+    if holder is not None and holder["host"] == HOSTNAME:
+        click.echo(f"ok: this host leads {name} (pid {holder['pid']}, token {holder['token']})")
+        return
+    click.echo(f"not the leader: {name} is {_who(holder)}", err=True)
+    ctx.exit(NOT_LEADER)
+
+
+@singleton.command()
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def release(ctx: click.Context, name: str, yes: bool) -> None:
+    """Force-release lease NAME (as in the logs: beat:NAME, task:TASK[:KEY]), whoever holds it.
+
+    A running holder loses the lease: its next renewal or checkpoint raises LeaseLost, and a
+    standby takes over at once.
+    """
+    s = _settings(ctx)
+    backend = s.open_backend()
+    try:
+        holder = backend.lease(name, s.lease_ttl).holder()
+        if holder is None:
+            click.echo(f"{name} is not held; nothing to release")
+            return
+        if not yes:
+            click.confirm(f"{name} is {_who(holder)}. Release it? The holder will lose it (LeaseLost)",
+                          abort=True)
+        released = backend.force_release(name)
+        click.echo(f"released {name} (was {_who(holder)})" if released else f"{name} was released meanwhile")
+    except SingletonError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        backend.close()
+
+
+def _who(holder: dict[str, Any] | None) -> str:
+    if holder is None:
+        return "not held"
+    return f"held by {holder['host']} pid {holder['pid']} (token {holder['token']}, {holder['ttl']:.1f}s left)"

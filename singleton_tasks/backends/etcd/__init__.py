@@ -23,8 +23,9 @@ from typing import Sequence
 from ...backend import Claim, ClaimResult, LeaseProtocol
 from ...clock import Clock, monotonic
 from ...errors import ConfigurationError, LeaseError
-from ...keys import beat_lease_name, slots_key
+from ...keys import beat_lease_name, lease_key, slots_key
 from .client import EtcdClient
+from .wire import b64
 from .config import EtcdConfig, parse_etcd_url
 from .lease import EtcdLease
 from .records import EtcdRecords, claim_slot
@@ -104,6 +105,16 @@ class EtcdBackend:
             finally:
                 single.close()
         return results
+
+    def force_release(self, name: str) -> bool:
+        kv, _ = self.client.range(lease_key(self.prefix, name))
+        if kv is None:
+            return False
+        if kv.lease:
+            self.client.revoke(kv.lease)  # deletes the key; the holder's next keepalive finds it gone
+        else:
+            self.client.txn([], [{"request_delete_range": {"key": b64(kv.key)}}])
+        return True
 
     def close(self) -> None:
         self.client.close()

@@ -12,10 +12,12 @@ from typing import Any, Sequence
 from ... import keys
 from ...backend import ClaimResult, LeaseProtocol
 from ...clock import Clock, monotonic
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, LeaseError
+from . import scripts
 from .lease import Lease
 from .nodes import NodeSet, NodeSpec, check_independent
 from .probes import eviction_warnings, exercise_node
+from .quorum import tally
 from .records import FencedRecords, claim_slot
 
 SCHEMES = ("redis://", "rediss://", "unix://")
@@ -82,6 +84,14 @@ class RedisBackend:
 
     def check(self) -> list[tuple[str, str | None]]:
         return [(label, exercise_node(self.nodes, i, self.prefix, self.timeout)) for i, label in enumerate(self.labels)]
+
+    def force_release(self, name: str) -> bool:
+        replies = self.nodes.run_script(scripts.FORCE_RELEASE, [keys.lease_key(self.prefix, name)],
+                                        [keys.release_channel(self.prefix, name)])
+        counted = tally(replies, lambda r: r == 1)
+        if counted.failed and len(counted.failed) >= self.nodes.quorum:
+            raise LeaseError(f"lease {name}: not released: {counted.summary(self.labels)}")
+        return bool(counted.accepted)
 
     def close(self) -> None:
         self.nodes.close()

@@ -68,6 +68,18 @@ return 0
 """
 )
 
+#: Delete the lease whoever holds it and tell standbys (``celery singleton release``).
+#: KEYS: lease.  ARGV: channel.  Returns 1 when a holder's key was deleted, 0 when there was none.
+FORCE_RELEASE = Script(
+    """
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('PUBLISH', ARGV[1], 'released')
+  return 1
+end
+return 0
+"""
+)
+
 #: Read who holds the lease, for operators.
 #: KEYS: lease, fence.  Returns {owner or '', remaining ms (PTTL), fence or ''}.
 INSPECT = Script(
