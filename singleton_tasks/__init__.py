@@ -6,8 +6,9 @@ The public API, by layer (each layer uses only the ones above it):
   every store keeps), ``Lease`` (the Redis quorum lease with fencing tokens), ``Claim``,
   ``ClaimResult``
 * election: ``LeaderElector`` (campaign, lead, step down), ``LeaseKeeper`` (keep a held lease)
-* Celery: ``singleton_task``, ``SingletonTask``, ``LeaderScheduler``, ``lease_lost``,
-  ``Settings``, ``settings_for``
+* Celery: ``singleton_task``, ``SingletonTask``, ``LeaderScheduler``, ``Settings``,
+  ``settings_for``; signals ``lease_lost``, ``leader_elected``, ``leader_stepped_down``,
+  ``run_skipped_busy``, ``slot_deduplicated``, ``node_failing``, ``node_recovered``
 * errors: ``SingletonError`` > ``ConfigurationError``, ``LeaseError`` > ``LeaseLost``,
   ``MalformedLeaseValue``, ``AccessDenied``; ``StaleToken``; ``TaskBusy``
 """
@@ -21,7 +22,9 @@ from .errors import (AccessDenied, ConfigurationError, LeaseError, LeaseLost, Ma
 
 # The Celery layer is imported last: everything above works without a Celery app.
 from .conf import Settings, settings_for  # noqa: E402
-from .task import SingletonTask, lease_lost, singleton_task  # noqa: E402
+from .task import SingletonTask, singleton_task  # noqa: E402
+from .signals import (leader_elected, leader_stepped_down, lease_lost, node_failing, node_recovered,  # noqa: E402
+                      run_skipped_busy, slot_deduplicated)
 from .beat import LeaderScheduler  # noqa: E402
 
 __all__ = [
@@ -40,6 +43,12 @@ __all__ = [
     "SingletonTask",
     "LeaderScheduler",
     "lease_lost",
+    "leader_elected",
+    "leader_stepped_down",
+    "run_skipped_busy",
+    "slot_deduplicated",
+    "node_failing",
+    "node_recovered",
     "Settings",
     "settings_for",
     # errors

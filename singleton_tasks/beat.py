@@ -40,6 +40,7 @@ from .errors import LeaseLost, SingletonError, StaleToken
 from .backend import Backend, LeaseProtocol, RecordsProtocol
 from .backends import log_startup_warnings, without_passwords
 from .interrupts import stop_signals_held
+from . import signals as _signals  # noqa: F401 - events reach Celery signals in every beat process
 
 log = logging.getLogger("singleton_tasks.beat")
 

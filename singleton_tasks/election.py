@@ -20,6 +20,7 @@ import threading
 from typing import Callable
 
 from .errors import ConfigurationError
+from . import events
 from .backend import LeaseProtocol
 from .timing import default_renew_interval, default_retry_interval, give_up_margin, jittered
 
@@ -227,6 +228,7 @@ class LeaderElector:
             if self.lease.acquire(blocking=False):
                 self._leading = True
                 log.info("lease %s: elected (token %s)", self.lease.name, self.lease.token)
+                events.emit(events.ELECTED, name=self.lease.name, token=self.lease.token)
                 call_safely(self.on_elected, self.lease.name, "on_elected")
                 self._elected.set()
             return
@@ -244,5 +246,6 @@ class LeaderElector:
             log.info("lease %s: stepped down (stopped)", self.lease.name)
         else:
             log.warning("lease %s: leadership lost: %s", self.lease.name, why)
+        events.emit(events.STEPPED_DOWN, name=self.lease.name, why=why)
         call_safely(self.on_lost, self.lease.name, "on_lost")
 

@@ -31,9 +31,9 @@ from typing import Any, Callable, Iterator
 from celery import Task, _state
 from celery.local import Proxy
 from celery.exceptions import Ignore
-from celery.utils.dispatch import Signal
 
-from . import keys
+from . import events, keys
+from .signals import lease_lost
 from .conf import ON_BUSY_POLICIES, SLOT_HEADER, Settings, settings_for
 from .election import LeaseKeeper
 from .errors import ConfigurationError, LeaseError, LeaseLost, SingletonError, TaskBusy
@@ -43,8 +43,6 @@ from .timing import default_op_timeout
 
 log = logging.getLogger("singleton_tasks.task")
 
-#: Sent when a running singleton task loses its lease: sender=task, name=lease name, token.
-lease_lost = Signal(name="singleton_lease_lost", providing_args={"name", "token"})
 
 
 class LeaseLostIgnore(LeaseLost, Ignore):  # type: ignore[misc]
@@ -101,6 +99,7 @@ class SingletonRun:
         if self._reported.acquire(blocking=False):
             log.warning("%s: lease %s (token %s) lost while running", self._task.name, self._lease.name, self._token)
             lease_lost.send(sender=self._task, name=self._lease.name, token=self._token)
+            events.emit(events.LEASE_LOST, name=self._lease.name, token=self._token)
 
     @property
     def name(self) -> str:
@@ -222,6 +221,7 @@ class SingletonTask(Task):  # type: ignore[misc]
         if claim.outcome is Claim.CLAIMED:
             return
         lease.release()
+        events.emit(events.SLOT_DEDUPLICATED, name=lease.name, task=self.name, slot=slot, outcome=claim.outcome.value)
         if claim.outcome is Claim.ALREADY_RAN:
             log.info("%s: beat slot %s already ran; this delivery is skipped", self.name, slot)
         elif claim.outcome is Claim.TOO_OLD:
@@ -234,6 +234,7 @@ class SingletonTask(Task):  # type: ignore[misc]
 
     def _busy(self, lease: LeaseProtocol, policy: str, countdown: float) -> Any:
         log.info("%s: lease %s is busy (%s)", self.name, lease.name, policy)
+        events.emit(events.BUSY, name=lease.name, task=self.name, policy=policy)
         if policy == "retry":
             raise self.retry(countdown=countdown)
         if policy == "raise":

@@ -32,7 +32,7 @@ from redis.client import PubSub
 from redis.exceptions import RedisError
 
 from . import scripts
-from ... import keys
+from ... import events, keys
 from ...backend import new_owner, parse_owner
 from ...clock import Clock, monotonic
 from ...errors import ConfigurationError, LeaseError, MalformedLeaseValue, foreign_value
@@ -344,24 +344,29 @@ class Lease(LeaseBase[Grant]):
         for i, reply in zip(range(len(self.nodes)) if only is None else only, replies):
             if isinstance(reply, Exception):
                 level = logging.ERROR if isinstance(reply, PERMANENT_ERRORS) else logging.WARNING
-                self._report(i, "error", f"failed ({operation}): {describe(reply)}", level, "answers again")
-            else:
-                self._report(i, "error", None)
+                if self._report(i, "error", f"failed ({operation}): {describe(reply)}", level, "answers again"):
+                    events.emit(events.NODE_FAILING, name=self.name, node=self.nodes.labels[i], error=describe(reply))
+            elif self._report(i, "error", None):
+                events.emit(events.NODE_RECOVERED, name=self.name, node=self.nodes.labels[i])
 
     def _report(self, node: int, topic: str, problem: str | None, level: int = logging.WARNING,
-                resolved: str = "") -> None:
-        """Log ``problem`` of ``node`` when it appears and ``resolved`` when it is gone, once each."""
+                resolved: str = "") -> bool:
+        """Log ``problem`` of ``node`` when it appears and ``resolved`` when it is gone, once
+        each; True when this call was such a change."""
         key = (node, topic)
         label = self.nodes.labels[node]
         if problem is None:
             gone = self._problems.pop(key, None)
-            if gone is not None:
-                log.warning("lease %s: node %s: %s", self.name, label, gone)
-        elif key not in self._problems:
+            if gone is None:
+                return False
+            log.warning("lease %s: node %s: %s", self.name, label, gone)
+            return True
+        if key not in self._problems:
             self._problems[key] = resolved
             log.log(level, "lease %s: node %s: %s", self.name, label, problem)
-        else:
-            log.debug("lease %s: node %s still: %s", self.name, label, problem)
+            return True
+        log.debug("lease %s: node %s still: %s", self.name, label, problem)
+        return False
 
 
 def _keep_listening(exc: BaseException, pubsub: PubSub, thread: Any) -> None:
