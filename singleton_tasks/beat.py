@@ -33,13 +33,14 @@ from celery.schedules import crontab, schedule
 from celery.signals import beat_embedded_init
 from celery.utils.time import maybe_make_aware
 
-from . import keys
+from . import events, keys
 from .conf import SLOT_HEADER, TOKEN_HEADER, settings_for
 from .election import LeaderElector
 from .errors import LeaseLost, SingletonError, StaleToken
 from .backend import Backend, LeaseProtocol, RecordsProtocol
 from .backends import log_startup_warnings, without_passwords
 from .interrupts import stop_signals_held
+from .metrics import start_from_settings as start_metrics
 from . import signals as _signals  # noqa: F401 - events reach Celery signals in every beat process
 
 log = logging.getLogger("singleton_tasks.beat")
@@ -81,6 +82,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
     def _ensure_elector(self) -> LeaderElector:
         if self._elector is None:
             s = self.settings
+            start_metrics(s)
             self._backend = backend = s.open_backend()
             log_startup_warnings(backend)
             self._lease = backend.lease(keys.beat_lease_name(s.beat_lease_name), s.lease_ttl,
@@ -127,6 +129,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
                 log.error("beat: not dispatching: %s", exc, exc_info=not isinstance(exc, SingletonError))
                 self._failing = str(exc)
             if isinstance(exc, StaleToken) and self._lease is not None:
+                events.emit(events.STALE_TOKEN, name=self._lease.name, token=exc.token, highest=exc.highest)
                 # A newer leader wrote the schedule: step down now. If instead our fence was
                 # lowered behind our back, the next grant must still beat what was written.
                 self._lease.exceed(exc.highest)
@@ -221,6 +224,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         to_send = copy.copy(entry)
         to_send.options = options
         log.info("beat: sending %s (%s) token %d", slot, entry.task, token)
+        events.emit(events.DISPATCHED, name=lease.name, slot=slot, token=token)
         self.apply_async(to_send, producer=producer or self.producer, advance=False)
         self._records.write(token, entry.name, {**record, "pending": None})  # type: ignore[union-attr]
 

@@ -8,6 +8,7 @@ settings loaded with ``namespace="CELERY"``, or ``"singleton_lease_ttl"`` in a F
 
 from __future__ import annotations
 
+import importlib.util
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -47,6 +48,9 @@ class Settings:
     beat_lease_name: str = "beat"
     #: How long an entry's record of its recent slots outlives its last run.
     slot_memory: float = 86400.0
+    #: Serve Prometheus metrics on this port (beat and worker processes); None: off.
+    metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"
 
     def open_backend(self, timeout: float | None = None) -> Backend:
         """The store these settings name; ``timeout`` bounds each network wait (default: from the beat TTL)."""
@@ -128,7 +132,28 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
         missed_grace=_number("singleton_missed_grace", get("singleton_missed_grace"), 0, Settings.missed_grace),
         beat_lease_name=name,
         slot_memory=_number("singleton_slot_memory", get("singleton_slot_memory"), 1, Settings.slot_memory),
+        metrics_port=_metrics_port(get("singleton_metrics_port")),
+        metrics_addr=_metrics_addr(get("singleton_metrics_addr")),
     )
+
+
+def _metrics_port(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigurationError("singleton_metrics_port", value, "a TCP port number (1-65535), or None for no metrics")
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigurationError("singleton_metrics_port", value,
+                                 "needs prometheus-client: pip install 'singleton-tasks[metrics]'")
+    return value
+
+
+def _metrics_addr(value: Any) -> str:
+    if value is None:
+        return Settings.metrics_addr
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError("singleton_metrics_addr", value, "an address to bind, e.g. '0.0.0.0' or '127.0.0.1'")
+    return value
 
 
 _cache: "weakref.WeakKeyDictionary[Any, Settings]" = weakref.WeakKeyDictionary()

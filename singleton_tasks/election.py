@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from .errors import ConfigurationError
@@ -69,7 +70,11 @@ def renew_or_give_up(lease: LeaseProtocol) -> tuple[bool, str | None]:
     """
     if not lease.held:
         return True, "validity ran out"
-    if lease.renew():
+    started = time.perf_counter()
+    renewed = lease.renew()
+    events.emit(events.RENEWED, name=lease.name, seconds=time.perf_counter() - started, ok=renewed,
+                valid_for=lease.valid_for())
+    if renewed:
         return False, None
     if not lease.held:
         return True, "lease lost"

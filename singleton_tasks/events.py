@@ -1,8 +1,10 @@
 """Observer hooks: what the library reports as it happens, for Celery signals and metrics.
 
 Events (with their fields): ``elected`` (name, token), ``stepped_down`` (name, why),
-``lease_lost`` (name, token), ``busy`` (name, task, policy), ``slot_deduplicated`` (name,
-task, slot, outcome), ``node_failing`` (name, node, error), ``node_recovered`` (name, node).
+``renewed`` (name, seconds the renewal took, ok, valid_for), ``lease_lost`` (name, token),
+``busy`` (name, task, policy), ``slot_deduplicated`` (name, task, slot, outcome),
+``dispatched`` (name, slot, token), ``stale_token`` (name, token, highest),
+``node_failing`` (name, node, error), ``node_recovered`` (name, node).
 
 Nothing happens until an observer subscribes, so reporting costs one empty-list check. An
 observer that raises is logged and never breaks the loop that reported (an elector, a
@@ -19,7 +21,10 @@ log = logging.getLogger("singleton_tasks.events")
 
 ELECTED = "elected"
 STEPPED_DOWN = "stepped_down"
+RENEWED = "renewed"
 LEASE_LOST = "lease_lost"
+DISPATCHED = "dispatched"
+STALE_TOKEN = "stale_token"
 BUSY = "busy"
 SLOT_DEDUPLICATED = "slot_deduplicated"
 NODE_FAILING = "node_failing"

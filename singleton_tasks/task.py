@@ -33,6 +33,7 @@ from celery.local import Proxy
 from celery.exceptions import Ignore
 
 from . import events, keys
+from . import metrics as _metrics  # noqa: F401 - a worker serves metrics when the settings ask
 from .signals import lease_lost
 from .conf import ON_BUSY_POLICIES, SLOT_HEADER, Settings, settings_for
 from .election import LeaseKeeper

@@ -3,7 +3,8 @@
 SINGLETON_TEST_BROKER: broker URL.  SINGLETON_TEST_NODES: the store (singleton_backend_url): Redis node URLs joined with commas, or an etcd:// URL.
 SINGLETON_TEST_LOG: Redis URL where tasks record what ran.
 Optional: SINGLETON_TEST_TTL (beat lease TTL, 2 s), SINGLETON_TEST_TASK_TTL (5 s),
-SINGLETON_TEST_EVERY (the ``tick`` period, 1 s).
+SINGLETON_TEST_EVERY (the ``tick`` period, 1 s), SINGLETON_TEST_METRICS_PORT (metrics on
+127.0.0.1, off by default).
 """
 
 import os
@@ -20,6 +21,9 @@ app.conf.update(
     singleton_backend_url=os.environ["SINGLETON_TEST_NODES"],
     singleton_lease_ttl=float(os.environ.get("SINGLETON_TEST_TTL", "2")),
     singleton_task_ttl=float(os.environ.get("SINGLETON_TEST_TASK_TTL", "5")),
+    singleton_metrics_port=int(os.environ["SINGLETON_TEST_METRICS_PORT"]) if "SINGLETON_TEST_METRICS_PORT" in os.environ
+    else None,
+    singleton_metrics_addr="127.0.0.1",
     beat_schedule={
         "tick": {"task": "beatapp.tick", "schedule": float(os.environ.get("SINGLETON_TEST_EVERY", "1"))},
     },
@@ -38,7 +42,7 @@ def tick(self):
     record.rpush("ran", f"{slot}|{beat_token}|{self.singleton.token}|{os.getpid()}|{time.time():.3f}")
 
 
-@singleton_task(app=app, name="beatapp.work", key=lambda job: job)
+@singleton_task(app=app, name="beatapp.work", key=lambda job, seconds=1.0: job)
 def work(self, job, seconds=1.0):
     record.rpush("started", f"{job}|{os.getpid()}|{time.monotonic():.6f}")
     end = time.monotonic() + seconds
