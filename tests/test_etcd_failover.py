@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from procs import APPS, Procs, proc_state, wait_for
+from procs import APPS, Procs, parent_pid, proc_state, wait_for
 from singleton_tasks import open_backend
 from singleton_tasks.backend import LeaseProtocol
 from test_beat_failover import LOST_PATTERN, PERIOD, START_TIMEOUT, TTL, Run, check_slots, sends
@@ -144,3 +144,46 @@ def test_beat_on_etcd_survives_kill_stop_term_and_a_member_loss(etcd_beats: Etcd
     assert tokens == sorted(tokens), f"beat tokens went back in execution order: {tokens}"
     assert [t for t in dict.fromkeys(tokens)] == [token, next_token, third_token, last_token]
     print(f"\netcd failover: SIGKILL takeover {crash_takeover:.2f}s, SIGTERM handover {handover:.3f}s")
+
+
+def test_worker_embedded_beats_on_etcd_hand_over_and_survive_a_crash(etcd_beats: EtcdBeats, procs: Procs) -> None:
+    """``celery worker -B --scheduler singleton`` on three nodes, the lease on etcd: the leading
+    node SIGTERMed hands over at once, the next one SIGKILLed (whole process group) is replaced
+    once etcd expires its lease; every slot runs once."""
+    workers = [procs.worker(f"node{i}", "-B", "--scheduler", "singleton", "-s", str(procs.dir / f"node{i}.schedule"))
+               for i in range(3)]
+    by_pid = {w.pid: w for w in workers}
+
+    def leader() -> tuple[Any, int] | None:
+        holder = etcd_beats.holder()
+        if holder is None:
+            return None
+        node = by_pid.get(parent_pid(holder["pid"]) or -1)  # the embedded beat is the worker's child
+        return (node, int(holder["token"])) if node is not None else None
+
+    first, token = wait_for(leader, START_TIMEOUT, "an embedded beat to hold the lease on etcd")
+    etcd_beats.wait_runs_with_token(token, 3, START_TIMEOUT)
+
+    def another(old: Any, old_token: int) -> Callable[[], tuple[Any, int] | None]:
+        def found() -> tuple[Any, int] | None:
+            now = leader()
+            return now if now is not None and now[0] is not old and now[1] > old_token else None
+        return found
+
+    termed_at = time.monotonic()
+    first.send(signal.SIGTERM)
+    second, second_token = wait_for(another(first, token), 15, "a leader after SIGTERM")
+    handover = time.monotonic() - termed_at
+    assert first.wait(30) == 0, "warm shutdown"
+    etcd_beats.wait_runs_with_token(second_token, 2)
+
+    killed_at = time.monotonic()
+    second.send_group(signal.SIGKILL)
+    third, third_token = wait_for(another(second, second_token), TTL + EXPIRY_CHECK + MARGIN + 5,
+                                  "a leader after SIGKILL of a node")
+    crash = time.monotonic() - killed_at
+    assert crash <= TTL + EXPIRY_CHECK + MARGIN, f"taken over after {crash:.2f}s"
+    etcd_beats.wait_runs_with_token(third_token, 2)
+    runs = etcd_beats.runs()
+    check_slots(runs)
+    print(f"\netcd worker -B: SIGTERM handover {handover:.3f}s, SIGKILL takeover {crash:.2f}s")
