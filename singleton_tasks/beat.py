@@ -97,7 +97,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         return self._elector is not None and self._elector.is_leader
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        """One beat iteration; a follower waits (at most a retry interval) to be elected."""
+        """One beat iteration; a follower waits (at most a lease TTL, less if elected) to be elected."""
         if _embedded_in is not None and os.getppid() != _embedded_in:
             # worker -B forks beat into a child; if the worker died, nothing consumes what we
             # send, so an orphaned beat must give the lease to a live node and exit.
@@ -110,7 +110,10 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
                 if self._led_token is not None:
                     log.warning("beat: no longer the leader; not dispatching")
                     self._led_token = None
-                elector.wait_for_leadership(self.settings.retry_interval)
+                # Election wakes this at once; otherwise a standby's main thread wakes once a
+                # TTL (to notice an orphaning), not every retry interval: an idle standby costs
+                # next to nothing. A stop signal still interrupts the wait.
+                elector.wait_for_leadership(self.settings.lease_ttl)
                 return 0.0
             assert self._lease is not None
             token = self._lease.token
