@@ -86,7 +86,7 @@ def test_slot_memory_per_entry_is_bounded_and_still_tells_duplicates_apart(redis
     assert pipe.execute() == [1] * day, "every slot claimed once"
     used = client.memory_usage(key)
     assert client.hlen(key) == SLOT_MEMORY + 1, "the recent slots and the floor, nothing more"
-    assert used < 4096, f"{used} bytes for a day of slots"  # measured: about 1.5 KB (README)
+    assert used < 4096, f"{used} bytes for a day of slots"  # measured: 876 B (README)
     assert client.dbsize() == 1, "one key per entry, not one per slot"
     last = start + (day - 1) * 1000
 
