@@ -147,8 +147,9 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         found = self._records.read_all()
         log.info("beat: leading with token %d (%d entries with shared state)", token, len(found))
         records = {}
+        now = maybe_make_aware(self.app.now())  # once: a take-over may read thousands of records
         for name, entry in self.schedule.items():
-            record = found.get(name) and self._usable(name, found[name])
+            record = found.get(name) and self._usable(name, found[name], now)
             if record:
                 entry.last_run_at, entry.total_run_count = record["last_run_at"], record["total_run_count"]
                 records[name] = record
@@ -160,7 +161,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
                 log.info("beat: sending slot %s that the previous leader reserved", pending)
                 self._send(entry, pending, self._record(entry, None))
 
-    def _usable(self, name: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    def _usable(self, name: str, record: dict[str, Any], now: datetime) -> dict[str, Any] | None:
         """The shared record of entry ``name``, checked; None (with a warning) if it cannot be right."""
         try:
             last = maybe_make_aware(datetime.fromisoformat(record["last_run_at"]))
@@ -171,7 +172,6 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("beat: ignoring the shared record of %s, which does not parse (%s): %.200r", name, exc, record)
             return None
-        now = maybe_make_aware(self.app.now())
         if last > now + FUTURE_TOLERANCE:
             log.warning("beat: ignoring the shared record of %s: its last run %s is in the future (now %s)",
                         name, last.isoformat(), now.isoformat())

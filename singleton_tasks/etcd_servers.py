@@ -15,7 +15,6 @@ the ``EtcdTLS`` client certificate. Peers always talk plain HTTP on loopback.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import json
 import os
@@ -35,12 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .testing import die_with_parent, free_port
+from .testing import die_with_parent, free_port, track, untrack
 
 if TYPE_CHECKING:
     from etcd3gw.client import Etcd3Client
 
-_started: dict[int, subprocess.Popen[bytes]] = {}
 
 # Timeouts for tests: a lost leader is replaced within about a second, not the default's ~2 s.
 # Accepted by etcd 3.4 and 3.5 (the election timeout must be at least 5 heartbeats).
@@ -247,7 +245,7 @@ class EtcdMember:
             )
         finally:
             log.close()
-        _started[self.process.pid] = self.process
+        track(self.process)
         self.paused = False
         return self
 
@@ -339,7 +337,7 @@ class EtcdMember:
         if proc.poll() is None:
             proc.kill()  # SIGKILL ends a stopped (SIGSTOPped) process too
         proc.wait(timeout=10)
-        _started.pop(proc.pid, None)
+        untrack(proc)
         self.process = None
         self.paused = False
 
@@ -507,12 +505,3 @@ class EtcdCluster:
 
     def __repr__(self) -> str:
         return f"<EtcdCluster {self.endpoints} running={[m.name for m in self.members if m.running]}>"
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in list(_started.values()):
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    _started.clear()

@@ -22,7 +22,17 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import redis
 
+#: Every server process this process started and has not yet seen end, by pid: killed at exit.
 _started: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def track(process: subprocess.Popen[bytes]) -> None:
+    """Kill ``process`` at interpreter exit unless ``untrack`` was called for it first."""
+    _started[process.pid] = process
+
+
+def untrack(process: subprocess.Popen[bytes]) -> None:
+    _started.pop(process.pid, None)
 
 
 def redis_server_binary() -> str:
@@ -129,7 +139,7 @@ class RedisNode:
             env={**os.environ, **self.env} if self.env else None,
         )
         log.close()
-        _started[self.process.pid] = self.process
+        track(self.process)
         give_up = time.monotonic() + timeout
         probe = self.client(socket_timeout=1, socket_connect_timeout=1)
         try:
@@ -162,7 +172,7 @@ class RedisNode:
         if proc.poll() is None:
             proc.kill()  # SIGKILL ends a stopped (SIGSTOPped) process too
         proc.wait(timeout=10)
-        _started.pop(proc.pid, None)
+        untrack(proc)
         self.process = None
 
     stop = kill
