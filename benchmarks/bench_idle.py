@@ -44,48 +44,31 @@ Run: ``bash scripts/bench.sh idle`` (``--quick`` for a short run, ``--window S``
 from __future__ import annotations
 
 import argparse
-import asyncio
-import atexit
-import importlib.metadata
 import os
-import platform
 import re
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import redis
 
-from singleton_tasks.testing import RedisNode, die_with_parent
+from harness import (
+    MONITOR_HIDDEN, OURS, REDBEAT, SINGLEBEAT, DIE_WITH_PARENT_EXEC, BenchmarkError, Monitor, ProcCpu, Relay,
+    RelayLoop, bench_env, cmdline, fmt, group_members, install_sigterm, kill_groups, machine_cpu, machine_line,
+    markdown, ratio, spawn, stat_ticks, thread_names, thread_samples, tools_line, tree, version, wait_until,
+)
+from singleton_tasks.testing import RedisNode
 
-HERE = Path(__file__).resolve().parent
 WARMUP = 10.0  # s after every subject has a leader and a standby that tried once
 READY_TIMEOUT = 90.0  # s for every replica to start, one per subject to lead, the other to try
 SAMPLE_EVERY = 1.0  # s between CPU samples in the window (keeps a thread's last value if it ends)
-KILL_TIMEOUT = 10.0  # s to wait for a killed process group's leader
 MONITOR_LINGER = 0.5  # s after the replicas are killed, for MONITOR lines of their last commands
-
-#: single-beat's wrapped command runs through this, so it dies with its wrapper (the kernel's
-#: parent-death signal) even if nothing else is left to kill it; exec replaces it at once.
-DIE_WITH_PARENT_EXEC = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "
-                        "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
-
-OURS, REDBEAT, SINGLEBEAT = "singleton-tasks", "RedBeat", "single-beat"
-
-
-class BenchmarkError(RuntimeError):
-    """A wait ran out or a subject misbehaved (two leaders, a crash), so the figures would mean nothing."""
-
-
 @dataclass(frozen=True)
 class Subject:
     key: str
@@ -107,325 +90,6 @@ SUBJECTS = (
     Subject("single-beat", SINGLEBEAT, "single-beat, `SINGLE_BEAT_LOCK_TIME=5`, `SINGLE_BEAT_HEARTBEAT_INTERVAL=1`",
             {"SINGLE_BEAT_LOCK_TIME": "5", "SINGLE_BEAT_HEARTBEAT_INTERVAL": "1"}, frozenset({"SET"})),
 )
-
-
-# -- counting relays -----------------------------------------------------------------------------
-
-
-class RespCounter:
-    """Counts the complete commands in a client's RESP byte stream, by command name."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self.broken: str | None = None  # set if the stream stops parsing: counts are then void
-
-    def feed(self, data: bytes) -> list[str]:
-        """Take more bytes; return the names of the commands they completed."""
-        if self.broken:
-            return []
-        buf = self._buf
-        buf += data
-        names: list[str] = []
-        pos = 0
-        try:
-            while pos < len(buf):
-                parsed = self._one(buf, pos)
-                if parsed is None:
-                    break
-                pos, name = parsed
-                names.append(name)
-        except ValueError as exc:
-            self.broken = f"unparsable client stream at byte {pos}: {exc}"
-        del buf[:pos]
-        return names
-
-    @staticmethod
-    def _one(buf: bytearray, pos: int) -> tuple[int, str] | None:
-        """(the end of the command starting at ``pos``, its name), or None while incomplete."""
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            return None
-        if buf[pos] != ord("*"):  # an inline command: one line
-            words = bytes(buf[pos:end]).split()
-            return end + 2, (words[0].decode(errors="replace").upper() if words else "")
-        count = int(buf[pos + 1:end])
-        p, name = end + 2, ""
-        for i in range(count):
-            if p >= len(buf):
-                return None
-            if buf[p] != ord("$"):
-                raise ValueError(f"expected a bulk string, got {bytes(buf[p:p + 10])!r}")
-            head = buf.find(b"\r\n", p)
-            if head < 0:
-                return None
-            start = head + 2
-            stop = start + int(buf[p + 1:head])
-            if stop + 2 > len(buf):
-                return None
-            if i == 0:
-                name = bytes(buf[start:stop]).decode(errors="replace").upper()
-            p = stop + 2
-        return p, name
-
-
-class Relay:
-    """A loopback TCP relay to one Redis for one replica: forwards bytes, counts its commands."""
-
-    def __init__(self, name: str, target_port: int) -> None:
-        self.name = name
-        self.target_port = target_port
-        self.port = 0
-        self.counts: Counter[str] = Counter()
-        self.opened: list[float] = []  # monotonic times of the connections accepted
-        self.upstream: set[str] = set()  # "127.0.0.1:PORT" of our sockets to the server: MONITOR's view
-        self.broken: list[str] = []
-        self._lock = threading.Lock()
-        self._server: asyncio.base_events.Server | None = None
-
-    def snapshot(self) -> Counter[str]:
-        with self._lock:
-            return Counter(self.counts)
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            client_w.close()
-            return
-        host, port = server_w.get_extra_info("sockname")[:2]
-        counter = RespCounter()
-        with self._lock:
-            self.opened.append(time.monotonic())
-            self.upstream.add(f"{host}:{port}")
-        await asyncio.gather(self._pump(client_r, server_w, counter), self._pump(server_r, client_w, None))
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    counter: RespCounter | None) -> None:
-        try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                if counter is not None:
-                    names = counter.feed(data)
-                    if names:
-                        with self._lock:
-                            self.counts.update(names)
-                    if counter.broken and counter.broken not in self.broken:
-                        self.broken.append(counter.broken)
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()  # one side ended: end the other too
-
-
-class RelayLoop:
-    """The event loop every relay runs on, in a daemon thread of this process."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="relays", daemon=True)
-        self._thread.start()
-        self.relays: list[Relay] = []
-
-    def relay(self, name: str, target_port: int) -> Relay:
-        relay = Relay(name, target_port)
-        asyncio.run_coroutine_threadsafe(relay.start(), self.loop).result(timeout=10)
-        self.relays.append(relay)
-        return relay
-
-    def close(self) -> None:
-        if not self.loop.is_running():
-            return
-        for relay in self.relays:
-            try:
-                asyncio.run_coroutine_threadsafe(relay.stop(), self.loop).result(timeout=5)
-            except Exception:
-                pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-
-
-# -- MONITOR: the server's own count ------------------------------------------------------------
-
-#: Commands MONITOR never shows: administrative ones (CLIENT, CONFIG...) and AUTH. redis-py sends
-#: CLIENT SETINFO twice on connecting; our start-up check sends CONFIG GET.
-MONITOR_HIDDEN = frozenset({"CLIENT", "CONFIG", "AUTH", "DEBUG", "SHUTDOWN", "SLAVEOF", "REPLICAOF"})
-
-_MONITOR_LINE = re.compile(rb'^\+(\d+\.\d+) \[\d+ ([^\]]+)\] "((?:[^"\\]|\\.)*)"')
-
-
-class Monitor:
-    """Every command one redis-server executes, with its time and client address (MONITOR)."""
-
-    def __init__(self, port: int) -> None:
-        self.lines: list[tuple[float, str, str]] = []  # (server time, client address, command)
-        self._sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self._sock.sendall(b"MONITOR\r\n")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, name=f"monitor-{port}", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        self._sock.settimeout(0.5)
-        pending = b""
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            pending += data
-            *complete, pending = pending.split(b"\r\n")
-            for line in complete:
-                found = _MONITOR_LINE.match(line)
-                if found:
-                    self.lines.append((float(found.group(1)), found.group(2).decode(),
-                                       found.group(3).decode(errors="replace").upper()))
-
-    def count(self, addresses: set[str], start: float, end: float) -> Counter[str]:
-        """The commands of the clients at ``addresses`` executed from ``start`` to ``end`` (server time)."""
-        return Counter(name for at, addr, name in list(self.lines) if start <= at < end and addr in addresses)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
-
-
-# -- processes -----------------------------------------------------------------------------------
-
-_groups: list[subprocess.Popen[bytes]] = []  # every process group started here, killed at the end
-
-
-def kill_groups() -> None:
-    """SIGKILL every process group started here (resumed first), by id; wait for each leader."""
-    for popen in _groups:
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            try:
-                os.killpg(popen.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-    for popen in _groups:
-        try:
-            popen.wait(timeout=KILL_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-atexit.register(kill_groups)
-
-
-def children(pid: int) -> list[int]:
-    """The direct children of ``pid`` (every thread's), from /proc."""
-    found: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                found += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return found
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants that are alive."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        if os.path.exists(f"/proc/{p}"):
-            out.append(p)
-            todo += children(p)
-    return out
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def stat_ticks(pid: int) -> int | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def machine_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of every CPU together, from /proc/stat (idle and iowait are not busy)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
-    return total - fields[3] - fields[4], total
-
-
-def thread_samples(pid: int) -> dict[int, tuple[int, int]]:
-    """Per thread of ``pid``: (run time in ns from schedstat, voluntary context switches)."""
-    out: dict[int, tuple[int, int]] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for name in tids:
-        try:
-            run_ns = int(Path(f"/proc/{pid}/task/{name}/schedstat").read_text().split()[0])
-            status = Path(f"/proc/{pid}/task/{name}/status").read_text()
-        except (OSError, ValueError, IndexError):
-            continue
-        found = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE)
-        out[int(name)] = (run_ns, int(found.group(1)) if found else 0)
-    return out
-
-
-@dataclass
-class ProcCpu:
-    """One process's CPU over the window."""
-
-    pid: int
-    what: str
-    first_ticks: int | None = None
-    last_ticks: int | None = None
-    first: dict[int, tuple[int, int]] = field(default_factory=dict)  # at the window's start
-    last: dict[int, tuple[int, int]] = field(default_factory=dict)  # the last value seen per thread
-    seen_from_start: bool = True
-
-    def run_ns(self) -> int:
-        return sum(v[0] - self.first.get(t, (0, 0))[0] for t, v in self.last.items())
-
-    def wakeups(self) -> int:
-        return sum(v[1] - self.first.get(t, (0, 0))[1] for t, v in self.last.items())
-
-    def ticks(self) -> int | None:
-        if self.last_ticks is None:
-            return None
-        return self.last_ticks - (self.first_ticks or 0)
-
-    def per_thread(self) -> list[tuple[int, int, int]]:
-        """(tid, run ns, wake-ups) over the window."""
-        return [(t, v[0] - self.first.get(t, (0, 0))[0], v[1] - self.first.get(t, (0, 0))[1])
-                for t, v in sorted(self.last.items())]
 
 
 @dataclass
@@ -502,8 +166,7 @@ def replica_command(replica: Replica) -> list[str]:
 
 
 def start_replica(replica: Replica) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IDLE_", "SINGLE_BEAT_", "CELERY_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = bench_env()
     env["IDLE_BROKER"] = replica.broker.url
     if replica.subject.tool == SINGLEBEAT:
         env["SINGLE_BEAT_REDIS_SERVER"] = replica.store.url
@@ -511,13 +174,7 @@ def start_replica(replica: Replica) -> None:
     else:
         env["IDLE_STORE"] = replica.store.url
     env.update(replica.subject.env)
-    replica.directory.mkdir(parents=True, exist_ok=True)
-    with open(replica.log_path, "wb") as log:
-        replica.popen = subprocess.Popen(
-            replica_command(replica), cwd=replica.directory, env=env, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
-        )
-    _groups.append(replica.popen)
+    replica.popen = spawn(replica_command(replica), replica.log_path, replica.directory, env)
 
 
 LEAD_PATTERNS = {OURS: re.compile(r"beat: leading with token"), REDBEAT: re.compile(r"beat: Acquired lock")}
@@ -536,46 +193,8 @@ def lead_count(replica: Replica) -> int:
     return len(LEAD_PATTERNS[replica.subject.tool].findall(replica.log()))
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > give_up:
-            raise BenchmarkError(f"not within {timeout:.0f} s: {what()}")
-        time.sleep(0.2)
-
-
 # -- reporting -----------------------------------------------------------------------------------
 
-
-def version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def markdown(headers: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]) -> None:
-    print("| " + " | ".join(headers) + " |")
-    print("| " + " | ".join("---:" if i in right else "---" for i in range(len(headers))) + " |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print()
-
-
-def fmt(value: float, digits: int = 3) -> str:
-    if value == 0:
-        return "0"
-    if value >= 10:
-        return f"{value:.1f}"
-    if value >= 1:
-        return f"{value:.2f}"
-    return f"{value:.{digits}f}"
-
-
-def ratio(ours: float, peer: float) -> str:
-    if peer == 0:
-        return "n/a: 0"
-    return f"{ours / peer:.2f}x"
 
 
 @dataclass
@@ -598,52 +217,6 @@ def figures(replica: Replica, window: float, store_delta: Counter[str], broker_d
                    sum(store_delta.values()) / window, store_delta, sum(broker_delta.values()) / window,
                    opened)
 
-
-def thread_names(pid: int) -> dict[int, str]:
-    """Per native thread id: its Python name and where it waits (its three innermost frames and
-    its outermost one below threading's bootstrap), from ``py-spy dump`` if it is installed
-    beside this interpreter; else nothing."""
-    spy = Path(sys.executable).with_name("py-spy")
-    if not spy.exists():
-        return {}
-    try:
-        out = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20,
-                             stdin=subprocess.DEVNULL).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    stacks: dict[int, tuple[str, list[str]]] = {}
-    frames: list[str] = []
-    for line in out.splitlines():
-        found = re.match(r'Thread (0x[0-9A-Fa-f]+|\d+) \((\w+)\): "([^"]*)"', line)
-        if found:
-            raw = found.group(1)
-            frames = []
-            stacks[int(raw, 16) if raw.startswith("0x") else int(raw)] = (found.group(3), frames)
-        elif line.startswith("    ") and stacks:
-            function = line.strip().split(" (")[0]
-            if not function.startswith("Thread._bootstrap"):
-                frames.append(function)
-    names = {}
-    for tid, (name, stack) in stacks.items():
-        where = stack[:3] + (["…", stack[-1]] if len(stack) > 4 else stack[3:])
-        names[tid] = f"{name}: {' ← '.join(where)}" if where else name
-    return names
-
-
-def group_members(pgid: int) -> list[int]:
-    """The processes of process group ``pgid`` that are not zombies, from /proc."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            found.append(int(name))
-    return found
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -672,13 +245,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # runs the finally blocks and atexit: every process is killed
-
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    install_sigterm()
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     nodes: list[RedisNode] = []
@@ -703,11 +273,8 @@ def main(argv: Sequence[str]) -> int:
         extra = "".join(" " + shlex.quote(a) for a in argv)
         print(f"reproduce: bash scripts/bench.sh idle{extra}")
         print(f"       or: .venv/bin/python benchmarks/bench_idle.py{extra}")
-        print(f"machine: {platform.system()} {platform.release()} {platform.machine()}, {os.cpu_count()} CPUs; "
-              f"python {sys.version.split()[0]}, celery {version('celery')}, kombu {version('kombu')}, redis-py "
-              f"{version('redis')}, hiredis {version('hiredis')}, redis-server {redis_version}")
-        print(f"tools: singleton-tasks {version('singleton-tasks')}, celery-redbeat {version('celery-redbeat')}, "
-              f"single-beat {version('single-beat')}")
+        print(machine_line(redis_version))
+        print(tools_line())
         print(f"{len(replicas)} replicas ({len(args.subjects)} subjects x 2), all at once; warm-up {args.warmup:g} s, "
               f"window {args.window:g} s")
         print()

@@ -10,7 +10,8 @@ call, accepted or rejected, is recorded; ``GET /ledger`` returns the records as 
 Extra JSON fields of a call (``slot``, ``caller``, ...) are recorded with it, so a test or
 the demo can tell which beat slot a charge belongs to.
 
-Run it alone with ``python -m example_project.api --port 8765``. Loopback only.
+Run it alone with ``python -m example_project.api --port 8765``: loopback only, unless
+``--host 0.0.0.0`` (in a container, for the other containers; docker-compose.yml).
 """
 
 from __future__ import annotations
@@ -190,9 +191,10 @@ def ledger(url: str, timeout: float = 5.0) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    api = FencedAPI(port=args.port).start()
+    api = FencedAPI(host=args.host, port=args.port).start()
     print(f"fenced API on {api.url} (Ctrl-C to stop)", flush=True)
     try:
         threading.Event().wait()

@@ -206,6 +206,10 @@ class Demo:
             "SINGLETON_LEASE_TTL": str(LEASE_TTL),
             "SINGLETON_TASK_TTL": str(TASK_TTL),
             "SINGLETON_MISSED_RUNS": "catch_up",
+            # The demo has no database: its beat leader runs the static CELERY_BEAT_SCHEDULE with
+            # Celery's own scheduler (run state in the lease store), not the project's default,
+            # django-celery-beat's DatabaseScheduler (docker-compose.yml runs that one).
+            "SINGLETON_BEAT_SCHEDULER": "celery.beat:Scheduler",
             "BILLING_API_URL": self.api.url,
             "BILLING_EVERY": str(EVERY),
         }

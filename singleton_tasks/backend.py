@@ -33,7 +33,7 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .clock import Clock
 
@@ -87,8 +87,29 @@ class LeaseProtocol(Protocol):
 class RecordsProtocol(Protocol):
     """Named JSON records written under a fencing token (a beat schedule's run state)."""
 
-    def write(self, token: int, name: str, record: dict[str, Any]) -> None: ...
+    def write(self, token: int, records: Mapping[str, dict[str, Any]]) -> None:
+        """Store each record under its name, all under ``token``; several go in one round trip."""
     def read_all(self) -> dict[str, dict[str, Any]]: ...
+
+
+class EntriesProtocol(Protocol):
+    """A beat schedule's entries stored at run time: JSON texts by entry name, and a version.
+
+    * ``version()`` is one round trip, and its answer differs after every ``put`` and every
+      ``remove`` that removed something: a poller compares it with the last one it saw.
+    * ``all()`` returns the version and every entry as of one moment, consistent with each other.
+    * A change reaches the store's majority or raises (``LeaseError``, naming each node's error);
+      one that raised may have reached some nodes: repeat it. Reads take a majority's newest.
+    * Texts are returned as stored, never parsed here: the caller validates them (``entries``).
+    """
+
+    def put(self, name: str, text: str) -> int:
+        """Store ``text`` as entry ``name`` (replacing it); the new version."""
+    def remove(self, name: str) -> bool:
+        """Delete entry ``name``; False (and no new version) when there was none."""
+    def get(self, name: str) -> str | None: ...
+    def all(self) -> tuple[int, dict[str, str]]: ...
+    def version(self) -> int: ...
 
 
 #: How many recent slots of one entry every backend remembers to tell a duplicate delivery
@@ -111,6 +132,38 @@ class ClaimResult:
     detail: str  #: the store's answers, with each failed node's own error text
 
 
+@dataclass(frozen=True)
+class NodeLease:
+    """What one node (a Redis node, an etcd endpoint) answered for a lease, for operators.
+
+    Either ``error`` is the node's own error text (it did not answer, or holds a value this
+    library never writes) and the rest is None, or ``owner`` is the id of the owner recorded
+    there (None: free there), ``token`` its fence (None: none there) and ``ttl`` the seconds
+    its key has left (None: no key).
+    """
+
+    owner: str | None = None
+    token: int | None = None
+    ttl: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """One lease as the store shows it (``Backend.leases``): read, never acted on.
+
+    ``holder`` is what ``LeaseProtocol.holder()`` would return (host, pid, id, token, ttl), or
+    None when nobody holds it or it cannot be decided; then ``error`` says why it cannot (too
+    few nodes answered, a foreign value). ``nodes`` maps each node's label to its answer, in
+    the backend's order, so an operator sees which nodes agree and which did not answer.
+    """
+
+    name: str
+    holder: dict[str, Any] | None
+    nodes: Mapping[str, NodeLease]
+    error: str | None = None
+
+
 class Backend(Protocol):
     """One store shared by the leases of a process; every method keeps the module's guarantees."""
 
@@ -124,6 +177,9 @@ class Backend(Protocol):
 
     def records(self, schedule: str) -> RecordsProtocol:
         """The fenced run records of the beat schedule whose lease is ``keys.beat_lease_name(schedule)``."""
+
+    def entries(self, schedule: str) -> EntriesProtocol:
+        """The entries of beat schedule ``schedule`` stored at run time (``celery singleton schedule``)."""
 
     def claim_slot(self, lease: LeaseProtocol, entry: str, due_ms: int, attempt: int,
                    memory: float) -> ClaimResult:
@@ -142,6 +198,14 @@ class Backend(Protocol):
         For operators (``celery singleton release``): a running holder loses the lease at its
         next renewal or checkpoint (``LeaseLost``); until then it may still act on its old
         validity, which is what its fencing token is for.
+        """
+
+    def leases(self, names: Sequence[str] | None = None) -> list[LeaseState]:
+        """The state of every lease whose key is in the store under this backend's prefix (beat
+        and task leases, held on at least one node), sorted by name; with ``names``, of exactly
+        those, held or not. Reads only: nothing read is trusted or run (owners go through
+        ``parse_owner``). Raises ``LeaseError`` when too few nodes answer to list every held
+        lease; a node's own failure otherwise shows in that lease's ``nodes``.
         """
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from . import backends
+from . import backends, scheduler_hosts
 from .errors import ConfigurationError
 from .backend import Backend
 from .timing import default_op_timeout, default_renew_interval, default_retry_interval
@@ -46,6 +46,8 @@ class Settings:
     #: A due run later than this is "missed" under the ``skip`` policy.
     missed_grace: float = 10.0
     beat_lease_name: str = "beat"
+    #: The scheduler class the beat leader runs (``module:Class``, an alias, or a class).
+    beat_scheduler: Any = scheduler_hosts.DEFAULT
     #: How long an entry's record of its recent slots outlives its last run.
     slot_memory: float = 86400.0
     #: Serve Prometheus metrics on this port (beat and worker processes); None: off.
@@ -112,6 +114,13 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
     name = get("singleton_beat_lease_name") or Settings.beat_lease_name
     if not isinstance(name, str) or any(c in name for c in "{} "):
         raise ConfigurationError("singleton_beat_lease_name", name, "a string without braces or spaces")
+    host = get(scheduler_hosts.SETTING)
+    if host is not None and not (isinstance(host, type) or (isinstance(host, str) and host.strip())):
+        raise ConfigurationError(scheduler_hosts.SETTING, host, "a scheduler class or its import path, e.g. "
+                                 "'django_celery_beat.schedulers:DatabaseScheduler'")
+    if host == "singleton":
+        raise ConfigurationError(scheduler_hosts.SETTING, host, "the scheduler class to lead, not singleton-tasks' own"
+                                 " (set beat_scheduler = 'singleton' and name the class here)")
     limit = get("singleton_catch_up_limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigurationError("singleton_catch_up_limit", limit, "a whole number >= 1")
@@ -131,6 +140,7 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
         catch_up_limit=limit if limit is not None else Settings.catch_up_limit,
         missed_grace=_number("singleton_missed_grace", get("singleton_missed_grace"), 0, Settings.missed_grace),
         beat_lease_name=name,
+        beat_scheduler=host if host is not None else Settings.beat_scheduler,
         slot_memory=_number("singleton_slot_memory", get("singleton_slot_memory"), 1, Settings.slot_memory),
         metrics_port=_metrics_port(get("singleton_metrics_port")),
         metrics_addr=_metrics_addr(get("singleton_metrics_addr")),

@@ -2,6 +2,7 @@
 
 ``SingletonError``
     ``ConfigurationError`` - a setting or argument is wrong; fix the configuration.
+    ``InvalidEntry`` - a beat entry to store (or one read back) is not valid; fix the entry.
     ``LeaseError`` - something about the shared lease; the caller may retry later.
         ``LeaseLost`` - the lease this code relied on is gone; stop the work now.
         ``MalformedLeaseValue`` - Redis holds a value this library did not write.
@@ -25,6 +26,21 @@ class ConfigurationError(SingletonError, ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"{setting}={value!r} is not valid: {allowed}")
+
+
+class InvalidEntry(SingletonError, ValueError):
+    """A stored beat entry has a bad field. The message names the entry, the field and the value."""
+
+    def __init__(self, field: str, value: object, allowed: str, entry: str | None = None) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        self.entry = entry
+        shown = repr(value)
+        if len(shown) > 120:  # a hostile stored value is shown, shortened, never parsed further
+            shown = shown[:117] + "..."
+        where = f"entry {entry!r}: " if entry else ""
+        super().__init__(f"{where}{field}={shown} is not valid: {allowed}")
 
 
 class LeaseError(SingletonError):

@@ -9,6 +9,11 @@ With the default prefix ``singleton:``:
   A ``Lease`` created by hand uses its name as given; names that begin with ``beat:`` or
   ``task:`` belong to the Celery layer.
 * ``singleton:{beat:NAME}:schedule`` - that schedule's fenced run records.
+* ``singleton:{beat:NAME}:entries`` and ``singleton:{beat:NAME}:entries:version`` - the beat
+  entries stored at run time (``celery singleton schedule``) and the number that changes with
+  every change to them. On Redis the first is a hash (entry -> JSON) and the second a counter;
+  on etcd each entry is a key ``singleton:{beat:NAME}:entries/ENTRY`` and the version is the
+  version key's mod revision.
 * ``singleton:{slots:SCHEDULE/ENTRY}`` - the recent slots of one schedule entry that singleton
   tasks have run, bounded in size.
 
@@ -45,6 +50,16 @@ def release_channel(prefix: str, name: str) -> str:
 def schedule_key(prefix: str, schedule: str) -> str:
     """The fenced records of the beat schedule whose lease is named ``beat:schedule``."""
     return f"{prefix}{{{beat_lease_name(schedule)}}}:schedule"
+
+
+def entries_key(prefix: str, schedule: str) -> str:
+    """The entries of the beat schedule ``schedule`` stored at run time (Redis: a hash; etcd: a key prefix + "/")."""
+    return f"{prefix}{{{beat_lease_name(schedule)}}}:entries"
+
+
+def entries_version_key(prefix: str, schedule: str) -> str:
+    """What changes with every change to ``entries_key(prefix, schedule)``: one read tells a poller."""
+    return f"{prefix}{{{beat_lease_name(schedule)}}}:entries:version"
 
 
 def slot_id(schedule: str, entry: str, due_ms: int) -> str:

@@ -30,3 +30,10 @@ def tick_until(scheduler: Any, done: Callable[[], object], timeout: float, what:
     while not done():
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
         scheduler.tick()
+
+
+def lead_with_last_run(scheduler: Any, entry: str, last_run_at: Any, timeout: float = 10) -> None:
+    """Tick ``scheduler`` until it leads (a standby has no schedule), then set ``entry``'s last run."""
+    tick_until(scheduler, lambda: scheduler._led_token is not None, timeout, "the scheduler to lead")
+    scheduler.schedule[entry].last_run_at = last_run_at
+    scheduler._heap = None  # rebuilt from the new last run on the next tick

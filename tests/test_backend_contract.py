@@ -18,7 +18,7 @@ import pytest
 from celery import Celery
 
 from procs import wait_for
-from publishing import published, tick_until
+from publishing import published, tick_until, lead_with_last_run
 from singleton_tasks import Claim, LeaderElector, LeaderScheduler, StaleToken, open_backend, singleton_task
 from singleton_tasks import keys
 from singleton_tasks.backend import SLOT_MEMORY, Backend
@@ -98,6 +98,27 @@ def test_holder_shows_who_holds_and_the_token(backend: Backend) -> None:
     wait_for(lambda: observer.holder() is None, 5, "the holder to be gone after release")
 
 
+def test_leases_lists_every_held_lease_with_each_node_s_answer(backend: Backend) -> None:
+    beat, task = backend.lease(keys.beat_lease_name("listed"), 5), backend.lease(keys.task_lease_name("listed:k"), 5)
+    assert beat.acquire(blocking=False) and task.acquire(blocking=False)
+    states = {state.name: state for state in backend.leases()}
+    assert {beat.name, task.name} <= states.keys(), states
+    for lease in (beat, task):
+        state = states[lease.name]
+        assert state.holder is not None and state.error is None, state
+        assert state.holder["pid"] == os.getpid() and state.holder["token"] == lease.token
+        assert 0 < state.holder["ttl"] <= 5
+        assert list(state.nodes) == list(backend.labels), "every node answers, in the backend's order"
+        assert all(answer.error is None and answer.owner == state.holder["id"] and answer.token == lease.token
+                   for answer in state.nodes.values()), state.nodes
+    task.release()
+    assert task.name not in {state.name for state in backend.leases()}, "a released lease is no longer listed"
+    [free] = backend.leases([task.name])
+    assert free.name == task.name and free.holder is None and free.error is None
+    assert all(answer.owner is None for answer in free.nodes.values())
+    beat.release()
+
+
 def test_a_release_wakes_a_standby_at_once(backend: Backend) -> None:
     holder, standby = backend.lease("handover", 30), backend.lease("handover", 30)
     assert holder.acquire(blocking=False)
@@ -138,15 +159,15 @@ def test_fenced_records_refuse_an_older_token(backend: Backend) -> None:
     assert old.acquire(blocking=False)
     records = backend.records("contract")
     assert old.token is not None
-    records.write(old.token, "entry", {"last_run_at": "2026-01-01T00:00:00+00:00", "total_run_count": 1})
+    records.write(old.token, {"entry": {"last_run_at": "2026-01-01T00:00:00+00:00", "total_run_count": 1}})
     assert records.read_all()["entry"]["total_run_count"] == 1
     stale_token = old.token
     old.release()
     new = backend.lease(keys.beat_lease_name("contract"), 5)
     assert new.acquire(blocking=False) and new.token is not None and new.token > stale_token
-    records.write(new.token, "entry", {"last_run_at": "2026-01-01T00:01:00+00:00", "total_run_count": 2})
+    records.write(new.token, {"entry": {"last_run_at": "2026-01-01T00:01:00+00:00", "total_run_count": 2}})
     with pytest.raises(StaleToken) as refused:
-        records.write(stale_token, "entry", {"last_run_at": "2026-01-01T00:00:30+00:00", "total_run_count": 9})
+        records.write(stale_token, {"entry": {"last_run_at": "2026-01-01T00:00:30+00:00", "total_run_count": 9}})
     assert refused.value.token == stale_token
     assert records.read_all()["entry"]["total_run_count"] == 2, "the stale write did not land"
     new.release()
@@ -182,7 +203,7 @@ def test_a_singleton_task_and_beat_run_on_the_store_named_by_one_setting(store_u
     scheduler = LeaderScheduler(app=app)
     try:
         with published() as sent:
-            scheduler.schedule["every-second"].last_run_at = datetime.now(timezone.utc) - timedelta(seconds=2)
+            lead_with_last_run(scheduler, "every-second", datetime.now(timezone.utc) - timedelta(seconds=2))
             tick_until(scheduler, lambda: sent, 15, "the leader to dispatch the due entry")
         headers = sent[0]
         assert headers["singleton_slot"].startswith("beat/every-second@") and headers["singleton_token"] >= 1

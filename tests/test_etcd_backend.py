@@ -409,23 +409,23 @@ def test_fenced_records_land_only_while_the_writer_holds_the_lease(etcd_cluster:
     records = backend.records("nightly")
     assert first.acquire(blocking=False)
     t1 = first.token
-    records.write(t1, "report", {"last_run": 100})
+    records.write(t1, {"report": {"last_run": 100}})
     assert records.read_all() == {"report": {"last_run": 100, "token": t1}}
     stored = raw_kv(member, keys.schedule_key(PREFIX, "nightly") + "/report")
     assert stored is not None and json.loads(base64.b64decode(stored["value"])) == {"last_run": 100, "token": t1}
     raw_put(member, keys.schedule_key(PREFIX, "nightly") + "/junk", "not json")
     assert set(records.read_all()) == {"report"}, "a foreign value is skipped"
     with pytest.raises(LeaseError, match="never granted"):
-        records.write(t1 + 1000, "report", {"last_run": 1})
+        records.write(t1 + 1000, {"report": {"last_run": 1}})
 
     first.release()
     with pytest.raises(LeaseLost):
-        records.write(t1, "report", {"last_run": 101})
+        records.write(t1, {"report": {"last_run": 101}})
     assert second.acquire(blocking=False)
     with pytest.raises(StaleToken) as stale:
-        records.write(t1, "report", {"last_run": 102})
+        records.write(t1, {"report": {"last_run": 102}})
     assert (stale.value.token, stale.value.highest) == (t1, second.token)
-    records.write(second.token, "report", {"last_run": 103})
+    records.write(second.token, {"report": {"last_run": 103}})
     assert records.read_all()["report"] == {"last_run": 103, "token": second.token}
 
 
@@ -628,7 +628,7 @@ def test_tls_with_client_certificates(tls_cluster: EtcdCluster) -> None:
     assert stored is not None and int(stored["create_revision"]) == first
     assert lease.renew() and lease.valid_for() > 4.5
     records = backend.records("secure")
-    records.write(first, "report", {"last_run": 1})
+    records.write(first, {"report": {"last_run": 1}})
     record = raw_kv(member, keys.schedule_key(PREFIX, "secure") + "/report")
     assert record is not None and json.loads(base64.b64decode(record["value"])) == {"last_run": 1, "token": first}
     woken = threading.Event()
@@ -642,7 +642,7 @@ def test_tls_with_client_certificates(tls_cluster: EtcdCluster) -> None:
         stop()
     assert standby.acquire(blocking=False) and standby.token > first
     with pytest.raises(StaleToken):
-        records.write(first, "report", {"last_run": 2})
+        records.write(first, {"report": {"last_run": 2}})
     standby.release()
     assert backend.check() == [(f"etcds://{member.endpoint}", None)]
     backend.close()
@@ -919,7 +919,7 @@ def test_a_paused_holders_late_write_is_refused_by_its_token(etcd_cluster_factor
         assert successor.acquire(timeout=10)
         print(f"\ntakeover after the holder was SIGSTOPped: {time.monotonic() - paused:.2f} s (1 s TTL)")
         assert successor.token > ready["token"]
-        records.write(successor.token, "entry", {"by": "successor"})
+        records.write(successor.token, {"entry": {"by": "successor"}})
 
         os.kill(child.pid, signal.SIGCONT)
         child.stdin.write("write\n")
@@ -996,7 +996,7 @@ def main(args: dict[str, Any]) -> None:
     assert lease.acquire(timeout=10)
     token = lease.token
     assert token is not None
-    records.write(token, "entry", {"by": "child"})
+    records.write(token, {"entry": {"by": "child"}})
 
     def keep() -> None:
         while lease.renew():
@@ -1006,7 +1006,7 @@ def main(args: dict[str, Any]) -> None:
     print(json.dumps({"event": "holding", "token": token}), flush=True)
     assert sys.stdin.readline().strip() == "write"
     try:
-        records.write(token, "entry", {"by": "child, late"})
+        records.write(token, {"entry": {"by": "child, late"}})
         print(json.dumps({"event": "written", "token": token}), flush=True)
     except StaleToken as exc:
         print(json.dumps({"event": "refused", "token": exc.token, "highest": exc.highest}), flush=True)

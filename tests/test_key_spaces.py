@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from celery import Celery
 
-from publishing import published, tick_until
+from publishing import published, tick_until, lead_with_last_run
 from singleton_tasks import Claim, LeaderScheduler, Lease, singleton_task
 from singleton_tasks.backends.redis import claim_slot
 from singleton_tasks import keys
@@ -31,7 +31,7 @@ def first_sent(app: Celery, last_run: datetime) -> dict:
     scheduler = LeaderScheduler(app=app)
     try:
         with published() as sent:
-            scheduler.schedule["report"].last_run_at = last_run
+            lead_with_last_run(scheduler, "report", last_run)
             tick_until(scheduler, lambda: sent, 10, "the leader to send the due entry")
         return sent[0]
     finally:

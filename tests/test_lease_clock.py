@@ -68,9 +68,9 @@ def test_a_node_clock_jump_expires_the_lease_early_and_the_token_fences_the_old_
 
     # The resource checks tokens: the new holder writes first, the old holder's late write is refused.
     resource = FencedRecords(NodeSet(redis_node.url, 1.0), "resource")
-    resource.write(second.token, "account", {"by": "second"})
+    resource.write(second.token, {"account": {"by": "second"}})
     with pytest.raises(StaleToken):
-        resource.write(first.token, "account", {"by": "first"})
+        resource.write(first.token, {"account": {"by": "first"}})
     assert resource.read_all()["account"]["by"] == "second"
 
 

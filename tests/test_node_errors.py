@@ -73,7 +73,7 @@ def test_a_fenced_write_that_fails_names_each_nodes_error(redis_nodes_factory) -
         node.client().config_set("maxmemory", "1")
     records = FencedRecords(NodeSet(nodes.urls, 1.0), "singleton:{beat:beat}:schedule")
     with pytest.raises(LeaseError) as err:
-        records.write(5, "entry", {"last_run_at": "2026-01-01T00:00:00+00:00"})
+        records.write(5, {"entry": {"last_run_at": "2026-01-01T00:00:00+00:00"}})
     text = str(err.value)
     assert text.count("OOM") == 2 and f"127.0.0.1:{nodes[0].port}" in text and "1 of 3 nodes accepted" in text
 

@@ -1,5 +1,7 @@
-"""One page: who leads beat right now (``GET /``), as JSON."""
+"""Who leads beat right now (``GET /``, as JSON), and the admin (``/admin/``), where
+django-celery-beat's periodic tasks are edited."""
 
+from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import path
 
@@ -19,4 +21,4 @@ def beat_leader(request):
         backend.close()
 
 
-urlpatterns = [path("", beat_leader)]
+urlpatterns = [path("", beat_leader), path("admin/", admin.site.urls)]

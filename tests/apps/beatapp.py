@@ -50,3 +50,12 @@ def work(self, job, seconds=1.0):
         self.singleton.checkpoint()
         time.sleep(0.05)
     record.rpush("finished", f"{job}|{os.getpid()}|{time.monotonic():.6f}")
+
+
+@app.task(bind=True, name="beatapp.note")
+def note(self, label=""):
+    """A plain task (no lease) for stored entries: records its label, slot and beat token."""
+    headers = self.request.headers or {}
+    slot = headers.get("singleton_slot") or getattr(self.request, "singleton_slot", "")
+    token = headers.get("singleton_token") or getattr(self.request, "singleton_token", "")
+    record.rpush("notes", f"{label}|{slot}|{token}|{time.time():.3f}")

@@ -20,13 +20,15 @@ import secrets
 import threading
 from typing import Sequence
 
-from ...backend import Claim, ClaimResult, LeaseProtocol
+from ...backend import Claim, ClaimResult, LeaseProtocol, LeaseState
 from ...clock import Clock, monotonic
 from ...errors import ConfigurationError, LeaseError
 from ...keys import beat_lease_name, lease_key, slots_key
 from .client import EtcdClient
 from .wire import b64
 from .config import EtcdConfig, parse_etcd_url
+from .entries import EtcdEntries
+from .inventory import list_leases
 from .lease import EtcdLease
 from .records import EtcdRecords, claim_slot
 
@@ -59,6 +61,9 @@ class EtcdBackend:
 
     def records(self, schedule: str) -> EtcdRecords:
         return EtcdRecords(self.client, self.prefix, schedule)
+
+    def entries(self, schedule: str) -> EtcdEntries:
+        return EtcdEntries(self.client, self.prefix, schedule)
 
     def claim_slot(self, lease: LeaseProtocol, entry: str, due_ms: int, attempt: int, memory: float) -> ClaimResult:
         return claim_slot(self.client, self.prefix, lease, entry, due_ms, attempt, memory)
@@ -116,6 +121,9 @@ class EtcdBackend:
             self.client.txn([], [{"request_delete_range": {"key": b64(kv.key)}}])
         return True
 
+    def leases(self, names: Sequence[str] | None = None) -> list[LeaseState]:
+        return list_leases(self.client, self.config, self.timeout, self.prefix, names)
+
     def close(self) -> None:
         self.client.close()
 
@@ -171,7 +179,7 @@ def exercise_endpoint(client: EtcdClient, prefix: str) -> str | None:
         if holder is None or holder["token"] != first:
             return f"holder: the lease is not shown as held with token {first} ({holder})"
         step = "fenced write"
-        records.write(first, "check", {"ok": True})
+        records.write(first, {"check": {"ok": True}})
         step = "fenced read"
         if "check" not in records.read_all():
             return "fenced read: the record just written is missing"

@@ -52,6 +52,19 @@ _seen_tokens: dict[tuple[tuple[str, ...], str], int] = {}
 _seen_lock = threading.Lock()
 
 
+def holder_of(client: EtcdClient, kv: KV | None) -> dict[str, Any] | None:
+    """The holder a lease key ``kv`` names (None: no key): host, pid, id, token (its create
+    revision), ttl (s its etcd lease has left, asked of ``client``). Raises
+    ``MalformedLeaseValue`` for a value this library never writes; nothing read is run."""
+    if kv is None:
+        return None
+    info = parse_owner(kv.value)
+    if info is None:
+        raise MalformedLeaseValue(kv.key, kv.value, ",".join(client.labels))
+    ttl = client.time_to_live(kv.lease) if kv.lease else -1
+    return {**info, "token": kv.create_revision, "ttl": float(max(ttl, 0))}
+
+
 @dataclass(frozen=True)
 class _Grant(Grant):
     lease_id: int  # the etcd lease the key is attached to
@@ -105,13 +118,7 @@ class EtcdLease(LeaseBase[_Grant]):
         this library never writes.
         """
         kv, _ = self.client.range(self.key)
-        if kv is None:
-            return None
-        info = parse_owner(kv.value)
-        if info is None:
-            raise MalformedLeaseValue(self.key, kv.value, ",".join(self.client.labels))
-        ttl = self.client.time_to_live(kv.lease) if kv.lease else -1
-        return {**info, "token": kv.create_revision, "ttl": float(max(ttl, 0))}
+        return holder_of(self.client, kv)
 
     def on_release(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` from a background thread whenever the key is deleted (released or

@@ -28,13 +28,16 @@ import json
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from ...backend import SLOT_MEMORY, Claim, ClaimResult, LeaseProtocol
 from ...errors import LeaseError, LeaseLost, StaleToken, foreign_value
 from ...keys import beat_lease_name, lease_key, schedule_key, slots_key
 from .client import EtcdClient, EtcdNotFound
 from .wire import KV, compare_create, compare_mod, get, put
+
+#: Records per Txn: below etcd's default --max-txn-ops (128).
+WRITE_CHUNK = 100
 
 #: How often a claim that lost a race to another claimer reads and tries again.
 RACE_RETRIES = 5
@@ -48,24 +51,29 @@ class EtcdRecords:
         self.prefix = schedule_key(prefix, schedule) + "/"
         self.lease_key = lease_key(prefix, beat_lease_name(schedule))
 
-    def write(self, token: int, name: str, record: dict[str, Any]) -> None:
-        """Store ``record`` under ``name`` if ``token`` is the lease's current one.
+    def write(self, token: int, records: Mapping[str, dict[str, Any]]) -> None:
+        """Store each record under its name if ``token`` is the lease's current one: one Txn per
+        WRITE_CHUNK records (etcd refuses a Txn of more than 128 operations by default).
 
         Raises ``StaleToken`` when a later holder has the lease, ``LeaseLost`` when nobody
         does, ``LeaseError`` when no endpoint answered (naming each one's error).
         """
-        body = json.dumps({**record, "token": token}, sort_keys=True)
-        answer = self.client.txn([compare_create(self.lease_key, token)], [put(self.prefix + name, body)],
-                                 [get(self.lease_key)])
-        if answer.succeeded:
-            return
-        holder = answer.kv(0)
-        if holder is None:
-            raise LeaseLost(f"fenced write of {name!r} refused: nobody holds {self.lease_key}")
-        if holder.create_revision > token:
-            raise StaleToken(token, holder.create_revision)
-        raise LeaseError(f"fenced write of {name!r} refused: token {token} was never granted "
-                         f"({self.lease_key} has token {holder.create_revision})")
+        items = list(records.items())
+        for start in range(0, len(items), WRITE_CHUNK):
+            chunk = items[start:start + WRITE_CHUNK]
+            puts = [put(self.prefix + name, json.dumps({**record, "token": token}, sort_keys=True))
+                    for name, record in chunk]
+            answer = self.client.txn([compare_create(self.lease_key, token)], puts, [get(self.lease_key)])
+            if answer.succeeded:
+                continue
+            what = ", ".join(repr(name) for name, _ in chunk[:3]) + (", ..." if len(chunk) > 3 else "")
+            holder = answer.kv(0)
+            if holder is None:
+                raise LeaseLost(f"fenced write of {what} refused: nobody holds {self.lease_key}")
+            if holder.create_revision > token:
+                raise StaleToken(token, holder.create_revision)
+            raise LeaseError(f"fenced write of {what} refused: token {token} was never granted "
+                             f"({self.lease_key} has token {holder.create_revision})")
 
     def read_all(self) -> dict[str, dict[str, Any]]:
         """Every record written by this library (others are skipped), by name."""

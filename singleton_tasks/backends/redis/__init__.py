@@ -1,5 +1,8 @@
 """The Redis backend: a quorum lease over 1, 3 or 5 independent Redis masters, with fencing tokens.
 
+A master may be managed by Sentinel (a ``redis+sentinel://`` URL: ``sentinel.py``); the node
+then follows its master through failovers.
+
 See ``lease.py`` for the guarantees and what they assume (node clocks within 1 % in rate, no
 majority of nodes forgetting its data at once), ``records.py`` for fenced writes and slot
 claims, ``probes.py`` for the checks behind ``celery singleton check`` and start-up warnings.
@@ -10,17 +13,19 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ... import keys
-from ...backend import ClaimResult, LeaseProtocol
+from ...backend import ClaimResult, LeaseProtocol, LeaseState
 from ...clock import Clock, monotonic
 from ...errors import ConfigurationError, LeaseError
-from . import scripts
+from . import scripts, sentinel
+from .entries import RedisEntries
+from .inventory import list_leases
 from .lease import Lease
 from .nodes import NodeSet, NodeSpec, check_independent
 from .probes import eviction_warnings, exercise_node
 from .quorum import tally
 from .records import FencedRecords, claim_slot
 
-SCHEMES = ("redis://", "rediss://", "unix://")
+SCHEMES = ("redis://", "rediss://", "unix://", sentinel.SCHEME)
 
 __all__ = ["RedisBackend", "Lease", "NodeSet", "FencedRecords", "claim_slot", "SCHEMES", "parse_urls"]
 
@@ -28,14 +33,23 @@ __all__ = ["RedisBackend", "Lease", "NodeSet", "FencedRecords", "claim_slot", "S
 def parse_urls(setting: str, value: Any) -> tuple[str, ...]:
     """The node URLs of ``value`` (a URL, a list of them, or one string of them joined with commas).
 
-    An odd number, each a redis://, rediss:// or unix:// URL, no node twice however spelled;
-    otherwise ``ConfigurationError`` naming ``setting`` and ``value``.
+    An odd number, each a redis://, rediss:// or unix:// URL or a ``redis+sentinel://`` URL (one
+    sentinel-managed master: ``sentinel.py``), no node twice however spelled; otherwise
+    ``ConfigurationError`` naming ``setting`` and ``value``.
     """
     urls = _split(setting, value) if isinstance(value, str) else value
+    if isinstance(urls, (list, tuple)) and any(isinstance(u, str) and u.startswith(sentinel.KOMBU_SCHEME) for u in urls):
+        raise ConfigurationError(setting, value, sentinel.KOMBU_HINT)
     if not isinstance(urls, (list, tuple)) or not urls or not all(
         isinstance(u, str) and u.startswith(SCHEMES) for u in urls
     ):
         raise ConfigurationError(setting, value, "a redis:// URL or a non-empty list of them")
+    for url in urls:
+        if url.startswith(sentinel.SCHEME):
+            try:
+                sentinel.parse_sentinel_url(url)
+            except ValueError as exc:
+                raise ConfigurationError(setting, value, f"{sentinel.FORM} ({url}: {exc})") from None
     if len(urls) % 2 == 0:
         raise ConfigurationError(setting, value, "an odd number of independent Redis nodes (1, 3, 5)")
     check_independent(setting, value, urls)
@@ -45,7 +59,12 @@ def parse_urls(setting: str, value: Any) -> tuple[str, ...]:
 def _split(setting: str, value: str) -> list[str]:
     if "," not in value:
         return [value]
-    parts = [part.strip() for part in value.split(",")]
+    parts: list[str] = []
+    for part in (part.strip() for part in value.split(",")):
+        if parts and parts[-1].startswith(sentinel.SCHEME) and "/" not in parts[-1][len(sentinel.SCHEME):]:
+            parts[-1] += "," + part  # a Sentinel URL's own list of sentinels, before its /SERVICE
+        else:
+            parts.append(part)
     if not all(part.startswith(SCHEMES) for part in parts):
         raise ConfigurationError(
             setting, value,
@@ -73,6 +92,10 @@ class RedisBackend:
     def records(self, schedule: str) -> FencedRecords:
         return FencedRecords(self.nodes, keys.schedule_key(self.prefix, schedule))
 
+    def entries(self, schedule: str) -> RedisEntries:
+        return RedisEntries(self.nodes, keys.entries_key(self.prefix, schedule),
+                            keys.entries_version_key(self.prefix, schedule))
+
     def claim_slot(self, lease: LeaseProtocol, entry: str, due_ms: int, attempt: int,
                    memory: float) -> ClaimResult:
         # Not guarded by the lease on the nodes (the caller holds it): Redis cannot compare
@@ -92,6 +115,9 @@ class RedisBackend:
         if counted.failed and len(counted.failed) >= self.nodes.quorum:
             raise LeaseError(f"lease {name}: not released: {counted.summary(self.labels)}")
         return bool(counted.accepted)
+
+    def leases(self, names: Sequence[str] | None = None) -> list[LeaseState]:
+        return list_leases(self.nodes, self.prefix, names)
 
     def close(self) -> None:
         self.nodes.close()

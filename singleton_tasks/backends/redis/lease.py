@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from . import scripts
 from ... import events, keys
-from ...backend import new_owner, parse_owner
+from ...backend import LeaseState, NodeLease, new_owner, parse_owner
 from ...clock import Clock, monotonic
 from ...errors import ConfigurationError, LeaseError, MalformedLeaseValue, foreign_value
 from ...lease_base import Grant, LeaseBase
@@ -125,9 +125,35 @@ class Lease(LeaseBase[Grant]):
         if not counted.reached:
             raise LeaseError(f"lease {self.name}: fewer than {self.nodes.quorum} nodes answered "
                              f"({counted.errors(self.nodes.labels)})")
-        readable = [(i, replies[i]) for i in counted.accepted]
+        return self._holder_in(replies, counted)
+
+    def inspect(self) -> LeaseState:
+        """One read of every node: the holder as ``holder()`` finds it, and each node's own answer.
+
+        Never raises for a node's error or a foreign value: those show in the node's answer, and
+        in ``error`` when they keep the holder from being decided.
+        """
+        # Not logged: every node's error is in the answer, for whoever asked.
+        replies = self.nodes.run_script(scripts.INSPECT, [self.key, self.fence_key], [])
+        counted = tally(replies, lambda r: isinstance(r, list))
+        nodes = {}
+        for i, reply in enumerate(replies):
+            nodes[self.nodes.labels[i]] = self._node_answer(reply)
+        holder, error = None, None
+        if not counted.reached:
+            error = f"fewer than {self.nodes.quorum} nodes answered ({counted.errors(self.nodes.labels)})"
+        else:
+            try:
+                holder = self._holder_in(replies, counted)
+            except MalformedLeaseValue as exc:
+                error = str(exc)
+        return LeaseState(self.name, holder, nodes, error)
+
+    def _holder_in(self, replies: list[Any], counted: Tally) -> dict[str, Any] | None:
+        """The owner recorded on a majority of the readable ``replies`` of INSPECT, or None."""
         owners: dict[bytes, list[tuple[int, int, bytes]]] = {}
-        for i, (owner, pttl, fence) in readable:
+        for i in counted.accepted:
+            owner, pttl, fence = replies[i]
             if owner:
                 owners.setdefault(owner, []).append((i, pttl, fence))
         for owner, seen in owners.items():
@@ -138,6 +164,21 @@ class Lease(LeaseBase[Grant]):
                 info["ttl"] = min(p for _, p, _ in seen) / 1000.0
                 return info
         return None
+
+    def _node_answer(self, reply: Any) -> NodeLease:
+        """One node's INSPECT reply (or its error) as operators see it; foreign values named, not parsed."""
+        if isinstance(reply, BaseException):
+            return NodeLease(error=describe(reply))
+        owner, pttl, fence = reply
+        info = parse_owner(owner) if owner else None
+        if owner and info is None:
+            return NodeLease(error=f"key {self.key!r} {foreign_value(self.key, owner)}")
+        try:
+            token = int(fence) if fence else None
+        except ValueError:
+            return NodeLease(error=f"key {self.fence_key!r} {foreign_value(self.fence_key, fence)}")
+        return NodeLease(owner=info["id"] if info else None, token=token,
+                         ttl=pttl / 1000.0 if int(pttl) >= 0 else None)
 
     def on_release(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (from a background thread) whenever a holder releases the lease.

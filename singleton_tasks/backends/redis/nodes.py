@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.sentinel import SentinelConnectionPool
 
 from ...errors import ConfigurationError
+from . import sentinel
 
 log = logging.getLogger("singleton_tasks.nodes")
 
@@ -109,15 +110,28 @@ def endpoint(node: NodeSpec) -> Endpoint:
 
     Host names are resolved (``socket.getaddrinfo``); a name that does not resolve is kept as written.
     """
-    if not isinstance(node, str) and isinstance(node.connection_pool, SentinelConnectionPool):
-        pool = node.connection_pool
-        addresses = frozenset[str]().union(*(_addresses(h, p) for h, p in _sentinels(pool)))
-        return Endpoint("sentinel", addresses, _int(pool.connection_kwargs.get("db"), 0), str(pool.service_name))
+    watched = _watched(node)
+    if watched is not None:
+        sentinels, service, db = watched
+        return Endpoint("sentinel", frozenset[str]().union(*(_addresses(h, p) for h, p in sentinels)), db, service)
     kw = _kwargs(node)
     db = _int(kw.get("db"), 0)
     if kw.get("path"):
         return Endpoint("unix", frozenset({os.path.realpath(kw["path"])}), db)
     return Endpoint("tcp", _addresses(str(kw.get("host", "localhost")), _int(kw.get("port"), 6379)), db)
+
+
+def _watched(node: NodeSpec) -> tuple[list[tuple[str, int]], str, int] | None:
+    """The sentinels, service and db of a Sentinel-managed node (a URL or a client), else None."""
+    if isinstance(node, str):
+        if not node.startswith(sentinel.SCHEME):
+            return None
+        parsed = sentinel.parse_sentinel_url(node)
+        return list(parsed.sentinels), parsed.service, parsed.db
+    if isinstance(node.connection_pool, SentinelConnectionPool):
+        pool = node.connection_pool
+        return _sentinels(pool), str(pool.service_name), _int(pool.connection_kwargs.get("db"), 0)
+    return None
 
 
 def _host_port(host: str, port: int) -> str:
@@ -126,10 +140,10 @@ def _host_port(host: str, port: int) -> str:
 
 def label(node: NodeSpec) -> str:
     """How a node is shown in messages: its server (as spelled) and db, never its credentials."""
-    if not isinstance(node, str) and isinstance(node.connection_pool, SentinelConnectionPool):
-        pool = node.connection_pool
-        sentinels = ",".join(_host_port(h, p) for h, p in _sentinels(pool))
-        return f"redis+sentinel://{sentinels}/{pool.service_name}?db={_int(pool.connection_kwargs.get('db'), 0)}"
+    watched = _watched(node)
+    if watched is not None:
+        sentinels, service, db = watched
+        return f"{sentinel.SCHEME}{','.join(_host_port(h, p) for h, p in sentinels)}/{service}?db={db}"
     kw = _kwargs(node)
     db = _int(kw.get("db"), 0)
     if kw.get("path"):
@@ -191,14 +205,12 @@ def make_client(url: str, timeout: float) -> "redis.Redis":
     Retrying belongs to the lease, which knows how much validity is left; redis-py's default
     backoff could otherwise sleep past a lease's deadline.
     """
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                               "retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
     try:
-        return redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        if url.startswith(sentinel.SCHEME):  # the sentinels are asked with the same bounds
+            return sentinel.master_client(sentinel.parse_sentinel_url(url), options)
+        return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigurationError("nodes", url, f"a redis:// URL ({exc})") from None
 

@@ -75,7 +75,7 @@ def exercise_node(nodes: NodeSet, index: int, prefix: str, timeout: float = 1.0)
             return "holder: the lease is not shown as held"
         step = "fenced write"
         records = FencedRecords(single, f"{prefix}{{{name}}}:records")
-        records.write(first, "check", {"ok": True})
+        records.write(first, {"check": {"ok": True}})
         step = "fenced read"
         if "check" not in records.read_all():
             return "fenced read: the record just written is missing"

@@ -17,26 +17,29 @@ Values are JSON texts or decimal strings: nothing read back is unpickled or eval
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from ...backend import SLOT_MEMORY, Claim, ClaimResult
 from ...errors import LeaseError, StaleToken
 from .nodes import NodeSet, Script
 from .quorum import Tally, tally
 
-#: KEYS: hash.  ARGV: token, field, JSON value.
+#: KEYS: hash.  ARGV: token, then field, JSON value, field, JSON value, ...
 #: Returns {1, token} when written, {0, highest token seen} when the token is stale.
 FENCED_HSET = Script(
     """
 local top = redis.call('HGET', KEYS[1], '__token__')
 if top and tonumber(top) and tonumber(top) > tonumber(ARGV[1]) then return {0, top} end
-redis.call('HSET', KEYS[1], '__token__', ARGV[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], '__token__', unpack(ARGV))
 return {1, ARGV[1]}
 """
 )
 
 #: KEYS: hash.  Returns the flat HGETALL list.
 READ_ALL = Script("return redis.call('HGETALL', KEYS[1])")
+
+#: Records per script call: Lua's unpack() of ARGV stays far below its C stack limit (8000).
+WRITE_CHUNK = 1000
 
 
 class FencedRecords:
@@ -46,16 +49,24 @@ class FencedRecords:
         self.nodes = nodes
         self.key = key
 
-    def write(self, token: int, name: str, record: dict[str, Any]) -> None:
-        """Store ``record`` under ``name``. Raises ``StaleToken``, or ``LeaseError`` naming each node's error."""
-        body = json.dumps({**record, "token": token}, sort_keys=True)
-        replies = self.nodes.run_script(FENCED_HSET, [self.key], [token, name, body])
-        counted = tally(replies, lambda r: isinstance(r, list) and r[0] == 1)
-        stale = [int(replies[i][1]) for i in counted.refused if isinstance(replies[i], list)]
-        if stale:
-            raise StaleToken(token, max(stale))
-        if not counted.reached:
-            raise LeaseError(f"fenced write of {name!r} to {self.key} not done: {counted.summary(self.nodes.labels)}")
+    def write(self, token: int, records: Mapping[str, dict[str, Any]]) -> None:
+        """Store each record under its name: one script call per node for up to WRITE_CHUNK records.
+
+        Raises ``StaleToken``, or ``LeaseError`` naming each node's error.
+        """
+        items = list(records.items())
+        for start in range(0, len(items), WRITE_CHUNK):
+            args: list[Any] = [token]
+            for name, record in items[start:start + WRITE_CHUNK]:
+                args += [name, json.dumps({**record, "token": token}, sort_keys=True)]
+            replies = self.nodes.run_script(FENCED_HSET, [self.key], args)
+            counted = tally(replies, lambda r: isinstance(r, list) and r[0] == 1)
+            stale = [int(replies[i][1]) for i in counted.refused if isinstance(replies[i], list)]
+            if stale:
+                raise StaleToken(token, max(stale))
+            if not counted.reached:
+                names = ", ".join(repr(n) for n, _ in items[start:start + 3]) + (", ..." if len(items) > 3 else "")
+                raise LeaseError(f"fenced write of {names} to {self.key} not done: {counted.summary(self.nodes.labels)}")
 
     def read_all(self) -> dict[str, dict[str, Any]]:
         """Every record, the one with the highest token where nodes disagree."""
