@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import inspect
 import math
 import os
@@ -65,6 +64,7 @@ from typing import IO, Callable, Sequence
 import redis
 from etcd3gw.lock import Lock as Etcd3gwLock
 
+from harness import markdown, version
 from interleave import run_interleaved
 from singleton_tasks import LeaderElector, open_backend
 from singleton_tasks.backend import Backend
@@ -488,13 +488,6 @@ def clear_leases(store: Store) -> tuple[int, int]:
 # -- reporting ---------------------------------------------------------------------------------
 
 
-def version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -516,14 +509,6 @@ def filesystem_of(path: str) -> str:
     except OSError:
         pass
     return kind
-
-
-def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> None:
-    print("| " + " | ".join(headers) + " |")
-    print("| " + " | ".join("---:" if i in right else "---" for i in range(len(headers))) + " |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print()
 
 
 def print_latency(subjects: Sequence[Subject]) -> None:

@@ -53,12 +53,10 @@ import argparse
 import os
 import random
 import re
-import shlex
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -68,9 +66,9 @@ from typing import Sequence
 import redis
 
 from harness import (
-    OURS, REDBEAT, SINGLEBEAT, DIE_WITH_PARENT_EXEC, BenchmarkError, Relay, RelayLoop, bench_env, cmdline,
-    fmt, group_members, install_sigterm, kill_groups, machine_line, markdown, proc_state, spawn, stop_group, tools_line,
-    tree, version, wait_until,
+    LEAD_PATTERNS, OURS, REDBEAT, SINGLEBEAT, BenchmarkError, HaSubject, Relay, RelayLoop, Spawned, begin,
+    bench_env, celery_children, choose, finish, group_members, ha_beat, markdown, print_preamble, proc_state,
+    redis_version, spawn, stop_group, version, wait_until,
 )
 from singleton_tasks.testing import RedisNode
 
@@ -88,33 +86,23 @@ FAULTS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "stop": signal.SIGSTOP
 FAULT_LABEL = {"kill": "SIGKILL", "term": "SIGTERM", "stop": f"SIGSTOP {STOP_FOR:g} s, then SIGCONT"}
 
 
-@dataclass(frozen=True)
-class Tool:
-    key: str
-    tool: str
-    label: str
-    env: dict[str, str]
-    attempt: frozenset[str]  # the store commands of a lease attempt
-
-
 TOOLS = (
-    Tool("ours", OURS, "singleton-tasks, defaults (lease TTL 5 s)", {}, frozenset({"EVALSHA", "EVAL"})),
-    Tool("redbeat", REDBEAT, "RedBeat, lock 5 s, `beat_max_loop_interval = 1`",
-         {"FAILOVER_REDBEAT_LOCK_TIMEOUT": "5", "FAILOVER_MAX_LOOP": "1"}, frozenset({"SET"})),
-    Tool("single-beat", SINGLEBEAT, "single-beat, lock 5 s, heartbeat 1 s",
-         {"SINGLE_BEAT_LOCK_TIME": "5", "SINGLE_BEAT_HEARTBEAT_INTERVAL": "1", "SINGLE_BEAT_LOG_LEVEL": "info"},
-         frozenset({"SET"})),
+    HaSubject("ours", OURS, "singleton-tasks, defaults (lease TTL 5 s)", {}, frozenset({"EVALSHA", "EVAL"})),
+    HaSubject("redbeat", REDBEAT, "RedBeat, lock 5 s, `beat_max_loop_interval = 1`",
+              {"FAILOVER_REDBEAT_LOCK_TIMEOUT": "5", "FAILOVER_MAX_LOOP": "1"}, frozenset({"SET"})),
+    HaSubject("single-beat", SINGLEBEAT, "single-beat, lock 5 s, heartbeat 1 s",
+              {"SINGLE_BEAT_LOCK_TIME": "5", "SINGLE_BEAT_HEARTBEAT_INTERVAL": "1", "SINGLE_BEAT_LOG_LEVEL": "info"},
+              frozenset({"SET"})),
 )
 
-LEAD = {OURS: re.compile(r"beat: leading with token"), REDBEAT: re.compile(r"beat: Acquired lock")}
 STEP_DOWN = re.compile(r"beat: no longer the leader|beat: not dispatching|released the beat lease")
 EXCEPTION = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception)\b.*$|Traceback \(most recent call last\)", re.M)
 SINGLE_BEAT_QUIT = re.compile(r"fence token did not match[^\n]*|unable to reacquire lock[^\n]*")
 
 
 @dataclass
-class Replica:
-    tool: Tool
+class Replica(Spawned):
+    tool: HaSubject
     index: int
     directory: Path
     relay: Relay
@@ -129,33 +117,8 @@ class Replica:
         return f"{self.tool.key}-{self.index}"
 
     @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    @property
     def log_path(self) -> Path:
         return self.directory / f"replica.{self.incarnation}.log"
-
-    def log(self, start: int = 0) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(start)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def tail(self, lines: int = 25) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
 
     def attempts(self) -> int:
         counts = self.relay.snapshot()
@@ -164,7 +127,7 @@ class Replica:
     def beat_children(self) -> list[int]:
         if not self.alive():
             return []
-        found = [p for p in tree(self.pid)[1:] if "celery" in " ".join(cmdline(p))]
+        found = celery_children(self.pid)
         self.children_seen.update(found)
         return found
 
@@ -178,7 +141,7 @@ class Replica:
         if self.tool.tool == SINGLEBEAT:
             return bool(self.beat_children())
         text = self.log()
-        lead = [m.start() for m in LEAD[self.tool.tool].finditer(text)]
+        lead = [m.start() for m in LEAD_PATTERNS[self.tool.tool].finditer(text)]
         if not lead:
             return False
         if self.tool.tool == OURS:
@@ -190,19 +153,11 @@ class Replica:
 def start_replica(replica: Replica, broker: str, record: str) -> None:
     replica.incarnation += 1
     replica.children_seen = set()
-    env = bench_env()
+    command, env = ha_beat(replica.tool.tool, "failoverapp",
+                           replica.directory / f"celerybeat-schedule.{replica.incarnation}", replica.relay.url,
+                           "FAILOVER_", "failover-bench")
     env["FAILOVER_BROKER"] = broker
     env["FAILOVER_RECORD"] = record
-    schedule = str(replica.directory / f"celerybeat-schedule.{replica.incarnation}")
-    beat = [sys.executable, "-m", "celery", "-A", "failoverapp", "beat", "-l", "info", "-s", schedule]
-    if replica.tool.tool == SINGLEBEAT:
-        env["SINGLE_BEAT_REDIS_SERVER"] = replica.relay.url
-        env["SINGLE_BEAT_IDENTIFIER"] = "failover-bench"
-        command = [str(Path(sys.executable).with_name("single-beat")), sys.executable, "-c", DIE_WITH_PARENT_EXEC,
-                   *beat[1:]]
-    else:
-        env["FAILOVER_STORE"] = replica.relay.url
-        command = [*beat, "-S", "singleton" if replica.tool.tool == OURS else "redbeat.RedBeatScheduler"]
     env.update(replica.tool.env)
     replica.attempts_at_start = replica.attempts()
     replica.popen = spawn(command, replica.log_path, replica.directory, env)
@@ -212,7 +167,7 @@ def start_replica(replica: Replica, broker: str, record: str) -> None:
 class Site:
     """One tool's redis-server, replicas and worker."""
 
-    tool: Tool
+    tool: HaSubject
     node: RedisNode
     replicas: list[Replica]
     worker: subprocess.Popen[bytes] | None = None
@@ -266,7 +221,7 @@ class Site:
             client.close()
 
 
-def owner(tool: Tool, value: bytes | str | None) -> str | None:
+def owner(tool: HaSubject, value: bytes | str | None) -> str | None:
     if value is None:
         return None
     text = value.decode(errors="replace") if isinstance(value, bytes) else value
@@ -323,7 +278,7 @@ class KeyPoller:
 
 @dataclass
 class Trial:
-    tool: Tool
+    tool: HaSubject
     fault: str
     number: int
     ttl_left: float | None = None
@@ -503,13 +458,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.trials = 1 if args.quick else 3
     if args.trials < 1:
         parser.error("--trials must be at least 1")
-    args.tools = list(TOOLS)
-    if args.only:
-        wanted = [k.strip() for k in args.only.split(",") if k.strip()]
-        unknown = [k for k in wanted if k not in {t.key for t in TOOLS}]
-        if unknown:
-            parser.error(f"unknown tool(s) {unknown}")
-        args.tools = [t for t in TOOLS if t.key in wanted]
+    args.tools = choose(parser, args.only, TOOLS, "tool")
     args.fault_list = [f.strip() for f in args.faults.split(",") if f.strip()]
     if not args.fault_list or any(f not in FAULTS for f in args.fault_list):
         parser.error("--faults: a comma-separated subset of kill, term, stop")
@@ -518,9 +467,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    install_sigterm()
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-failover-"))
+    started, tmp = begin("failover")
     relays = RelayLoop()
     sites: list[Site] = []
     trials: list[Trial] = []
@@ -531,16 +478,7 @@ def main(argv: Sequence[str]) -> int:
             replicas = [Replica(tool, i, tmp / f"{tool.key}-{i}", relays.relay(f"{tool.key}-{i} store", node.port),
                                 node.port) for i in (1, 2)]
             sites.append(Site(tool, node, replicas))
-        probe = sites[0].store()
-        try:
-            redis_version = str(probe.info("server")["redis_version"])
-        finally:
-            probe.close()
-        extra = "".join(" " + shlex.quote(a) for a in argv)
-        print(f"reproduce: bash scripts/bench.sh failover{extra}")
-        print(f"       or: .venv/bin/python benchmarks/bench_failover.py{extra}")
-        print(machine_line(redis_version))
-        print(tools_line())
+        print_preamble("failover", argv, redis_version(sites[0].node.port))
         print(f"{len(sites)} tools x 2 beat replicas + 1 solo worker each, a {PERIOD:g}-s schedule; "
               f"{args.trials} trial(s) of {', '.join(args.fault_list)}")
         print()
@@ -580,14 +518,7 @@ def main(argv: Sequence[str]) -> int:
                           file=sys.stderr)
         raise
     finally:
-        kill_groups()
-        relays.close()
-        for site in sites:
-            site.node.cleanup()
-        if args.keep_logs:
-            print(f"logs kept in {tmp}")
-        else:
-            subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        finish(tmp, args.keep_logs, [site.node for site in sites], relays.close)
     left = [f"{r.name} (pids {group_members(r.pid)})" for s in sites for r in s.replicas
             if r.popen is not None and group_members(r.pid)]
     left += [f"{s.tool.key} worker" for s in sites if s.worker is not None and group_members(s.worker.pid)]

@@ -45,11 +45,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -59,9 +56,10 @@ from typing import Sequence
 import redis
 
 from harness import (
-    MONITOR_HIDDEN, OURS, REDBEAT, SINGLEBEAT, DIE_WITH_PARENT_EXEC, BenchmarkError, Monitor, ProcCpu, Relay,
-    RelayLoop, bench_env, cmdline, fmt, group_members, install_sigterm, kill_groups, machine_cpu, machine_line,
-    markdown, ratio, spawn, stat_ticks, thread_names, thread_samples, tools_line, tree, version, wait_until,
+    LEAD_PATTERNS, MONITOR_HIDDEN, OURS, REDBEAT, SINGLEBEAT, BenchmarkError, HaSubject, Monitor, ProcCpu, Relay,
+    RelayLoop, Spawned, begin, celery_children, choose, finish, fmt, group_members, ha_beat, kill_groups,
+    machine_cpu, markdown, print_preamble, ratio, redis_version, sample_tree, spawn, thread_names, version,
+    wait_until,
 )
 from singleton_tasks.testing import RedisNode
 
@@ -69,32 +67,23 @@ WARMUP = 10.0  # s after every subject has a leader and a standby that tried onc
 READY_TIMEOUT = 90.0  # s for every replica to start, one per subject to lead, the other to try
 SAMPLE_EVERY = 1.0  # s between CPU samples in the window (keeps a thread's last value if it ends)
 MONITOR_LINGER = 0.5  # s after the replicas are killed, for MONITOR lines of their last commands
-@dataclass(frozen=True)
-class Subject:
-    key: str
-    tool: str
-    label: str
-    env: dict[str, str]
-    attempt: frozenset[str]  # the store commands a standby's attempt sends: it has tried once
-    reference: bool = False  # ours at its defaults: what the ratios divide
-
 
 SUBJECTS = (
-    Subject("ours", OURS, "singleton-tasks, defaults (lease ttl 5 s)", {}, frozenset({"EVALSHA", "EVAL"}), True),
-    Subject("ours-ttl2", OURS, "singleton-tasks, `singleton_lease_ttl = 2`", {"IDLE_LEASE_TTL": "2"},
-            frozenset({"EVALSHA", "EVAL"})),
-    Subject("redbeat", REDBEAT, "RedBeat, lock 5 s (`redbeat_lock_timeout = 5`, `beat_max_loop_interval = 1`)",
-            {"IDLE_REDBEAT_LOCK_TIMEOUT": "5", "IDLE_MAX_LOOP": "1"}, frozenset({"SET"})),
-    Subject("redbeat-default", REDBEAT, "RedBeat, defaults (lock 1500 s, standby retries every 300 s)", {},
-            frozenset({"SET"})),
-    Subject("single-beat", SINGLEBEAT, "single-beat, `SINGLE_BEAT_LOCK_TIME=5`, `SINGLE_BEAT_HEARTBEAT_INTERVAL=1`",
-            {"SINGLE_BEAT_LOCK_TIME": "5", "SINGLE_BEAT_HEARTBEAT_INTERVAL": "1"}, frozenset({"SET"})),
+    HaSubject("ours", OURS, "singleton-tasks, defaults (lease ttl 5 s)", {}, frozenset({"EVALSHA", "EVAL"}), True),
+    HaSubject("ours-ttl2", OURS, "singleton-tasks, `singleton_lease_ttl = 2`", {"IDLE_LEASE_TTL": "2"},
+              frozenset({"EVALSHA", "EVAL"})),
+    HaSubject("redbeat", REDBEAT, "RedBeat, lock 5 s (`redbeat_lock_timeout = 5`, `beat_max_loop_interval = 1`)",
+              {"IDLE_REDBEAT_LOCK_TIMEOUT": "5", "IDLE_MAX_LOOP": "1"}, frozenset({"SET"})),
+    HaSubject("redbeat-default", REDBEAT, "RedBeat, defaults (lock 1500 s, standby retries every 300 s)", {},
+              frozenset({"SET"})),
+    HaSubject("single-beat", SINGLEBEAT, "single-beat, `SINGLE_BEAT_LOCK_TIME=5`, `SINGLE_BEAT_HEARTBEAT_INTERVAL=1`",
+              {"SINGLE_BEAT_LOCK_TIME": "5", "SINGLE_BEAT_HEARTBEAT_INTERVAL": "1"}, frozenset({"SET"})),
 )
 
 
 @dataclass
-class Replica:
-    subject: Subject
+class Replica(Spawned):
+    subject: HaSubject
     index: int
     directory: Path
     store: Relay
@@ -109,28 +98,11 @@ class Replica:
         return f"{self.subject.key}-{self.index}"
 
     @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    @property
     def log_path(self) -> Path:
         return self.directory / "replica.log"
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 25) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
     def beat_children(self) -> list[int]:
-        return [p for p in tree(self.pid)[1:] if "celery" in " ".join(cmdline(p))]
+        return celery_children(self.pid)
 
     def describe(self, pid: int) -> str:
         if self.subject.tool == SINGLEBEAT:
@@ -139,45 +111,17 @@ class Replica:
 
     def sample(self, start: bool) -> None:
         """Read the CPU counters of this replica's process tree (``start``: the window's baseline)."""
-        for pid in tree(self.pid):
-            entry = self.cpu.get(pid)
-            if entry is None:
-                entry = self.cpu[pid] = ProcCpu(pid, self.describe(pid), seen_from_start=start)
-            ticks, threads = stat_ticks(pid), thread_samples(pid)
-            if ticks is None:
-                continue
-            if start:
-                entry.first_ticks, entry.first = ticks, threads
-            entry.last_ticks = ticks
-            entry.last.update(threads)
+        sample_tree(self.cpu, self.pid, start, self.describe)
         if self.subject.tool == SINGLEBEAT:
             self.led_children.update(self.beat_children())
 
 
-def replica_command(replica: Replica) -> list[str]:
-    subject, schedule = replica.subject, str(replica.directory / "celerybeat-schedule")
-    beat = [sys.executable, "-m", "celery", "-A", "idleapp", "beat", "-l", "info", "-s", schedule]
-    if subject.tool == OURS:
-        return [*beat, "-S", "singleton"]
-    if subject.tool == REDBEAT:
-        return [*beat, "-S", "redbeat.RedBeatScheduler"]
-    single_beat = Path(sys.executable).with_name("single-beat")
-    return [str(single_beat), sys.executable, "-c", DIE_WITH_PARENT_EXEC, *beat[1:]]
-
-
 def start_replica(replica: Replica) -> None:
-    env = bench_env()
+    command, env = ha_beat(replica.subject.tool, "idleapp", replica.directory / "celerybeat-schedule",
+                           replica.store.url, "IDLE_", "idle-bench")
     env["IDLE_BROKER"] = replica.broker.url
-    if replica.subject.tool == SINGLEBEAT:
-        env["SINGLE_BEAT_REDIS_SERVER"] = replica.store.url
-        env["SINGLE_BEAT_IDENTIFIER"] = "idle-bench"
-    else:
-        env["IDLE_STORE"] = replica.store.url
     env.update(replica.subject.env)
-    replica.popen = spawn(replica_command(replica), replica.log_path, replica.directory, env)
-
-
-LEAD_PATTERNS = {OURS: re.compile(r"beat: leading with token"), REDBEAT: re.compile(r"beat: Acquired lock")}
+    replica.popen = spawn(command, replica.log_path, replica.directory, env)
 
 
 def leads(replica: Replica) -> bool:
@@ -234,23 +178,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.window = 15.0 if args.quick else 60.0
     if args.window <= 0 or args.warmup < 0:
         parser.error("--window must be positive and --warmup not negative")
-    keys = [s.key for s in SUBJECTS]
-    args.subjects = list(SUBJECTS)
-    if args.only:
-        wanted = [k.strip() for k in args.only.split(",") if k.strip()]
-        unknown = [k for k in wanted if k not in keys]
-        if unknown:
-            parser.error(f"unknown subject(s) {unknown}; choose from {keys}")
-        args.subjects = [s for s in SUBJECTS if s.key in wanted]
+    args.subjects = choose(parser, args.only, SUBJECTS, "subject")
     return args
 
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    install_sigterm()
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-idle-"))
+    started, tmp = begin("idle")
     nodes: list[RedisNode] = []
     monitors: dict[str, Monitor] = {}
     relays = RelayLoop()
@@ -265,16 +200,7 @@ def main(argv: Sequence[str]) -> int:
                 replicas.append(Replica(subject, i, tmp / f"{subject.key}-{i}",
                                         relays.relay(f"{subject.key}-{i} store", store.port),
                                         relays.relay(f"{subject.key}-{i} broker", broker.port)))
-        probe = nodes[0].client(socket_timeout=5)
-        try:
-            redis_version = str(probe.info("server")["redis_version"])
-        finally:
-            probe.close()
-        extra = "".join(" " + shlex.quote(a) for a in argv)
-        print(f"reproduce: bash scripts/bench.sh idle{extra}")
-        print(f"       or: .venv/bin/python benchmarks/bench_idle.py{extra}")
-        print(machine_line(redis_version))
-        print(tools_line())
+        print_preamble("idle", argv, redis_version(nodes[0].port))
         print(f"{len(replicas)} replicas ({len(args.subjects)} subjects x 2), all at once; warm-up {args.warmup:g} s, "
               f"window {args.window:g} s")
         print()
@@ -349,7 +275,7 @@ def main(argv: Sequence[str]) -> int:
             results[r.name] = figures(r, window, store1[r.name] - store0[r.name], broker1[r.name] - broker0[r.name],
                                       opened)
 
-        def role(subject: Subject, leader: bool) -> tuple[Replica, Figures]:
+        def role(subject: HaSubject, leader: bool) -> tuple[Replica, Figures]:
             r = next(r for r in replicas if r.subject is subject and r.leader == leader)
             return r, results[r.name]
 
@@ -479,16 +405,7 @@ def main(argv: Sequence[str]) -> int:
                 print(f"----- {replica.name} exited {replica.popen.returncode}:\n{replica.tail()}", file=sys.stderr)
         raise
     finally:
-        kill_groups()
-        for monitor in monitors.values():
-            monitor.close()
-        relays.close()
-        for node in nodes:
-            node.cleanup()
-        if args.keep_logs:
-            print(f"logs kept in {tmp}")
-        else:
-            subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        finish(tmp, args.keep_logs, nodes, *(monitor.close for monitor in monitors.values()), relays.close)
     left = [f"{r.name} (pids {group_members(r.pid)})" for r in replicas
             if r.popen is not None and group_members(r.pid)]
     left += [f"redis-server {n.port}" for n in nodes if n.running]

@@ -58,11 +58,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -72,9 +70,8 @@ from typing import Sequence
 import redis
 
 from harness import (
-    OURS, REDBEAT, BenchmarkError, ProcCpu, Relay, RelayLoop, bench_env, fmt, install_sigterm,
-    kill_groups, machine_cpu, machine_line, markdown, percentile, spawn, stat_ticks, stop_group,
-    thread_samples, tools_line, tree,
+    OURS, REDBEAT, BenchmarkError, ProcCpu, Relay, RelayLoop, Spawned, begin, bench_env, choose, finish, fmt,
+    machine_cpu, markdown, percentile, print_preamble, redis_version, sample_tree, spawn, stop_group,
 )
 from singleton_tasks.testing import RedisNode
 
@@ -98,7 +95,7 @@ SUBJECTS = (
 
 
 @dataclass
-class Beat:
+class Beat(Spawned):
     """One ``celery beat`` with its own store, broker and publish log."""
 
     subject: Subject
@@ -123,15 +120,6 @@ class Beat:
     def log_path(self) -> Path:
         return self.directory / "beat.log"
 
-    def tail(self, lines: int = 25) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
     def published(self) -> list[tuple[float, int]]:
         out: list[tuple[float, int]] = []
         try:
@@ -155,19 +143,8 @@ class Beat:
             return 0
 
     def sample(self, start: bool) -> None:
-        if self.popen is None:
-            return
-        for pid in tree(self.popen.pid):
-            entry = self.cpu.get(pid)
-            if entry is None:
-                entry = self.cpu[pid] = ProcCpu(pid, "beat", seen_from_start=start)
-            ticks, threads = stat_ticks(pid), thread_samples(pid)
-            if ticks is None:
-                continue
-            if start:
-                entry.first_ticks, entry.first = ticks, threads
-            entry.last_ticks = ticks
-            entry.last.update(threads)
+        if self.popen is not None:
+            sample_tree(self.cpu, self.popen.pid, start, lambda _pid: "beat")
 
     def cpu_s(self) -> float:
         return sum(p.run_ns() for p in self.cpu.values()) / 1e9
@@ -533,13 +510,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--entries: comma-separated whole numbers")
     if not args.sizes or min(args.sizes) < 1:
         parser.error("--entries: at least one size, each at least 1")
-    args.subjects = list(SUBJECTS)
-    if args.only:
-        wanted = [k.strip() for k in args.only.split(",") if k.strip()]
-        unknown = [k for k in wanted if k not in {s.key for s in SUBJECTS}]
-        if unknown:
-            parser.error(f"unknown subject(s) {unknown}")
-        args.subjects = [s for s in SUBJECTS if s.key in wanted]
+    args.subjects = choose(parser, args.only, SUBJECTS, "subject")
     args.burst_limit = 30.0 if args.quick else 90.0
     return args
 
@@ -554,22 +525,16 @@ def window_for(args: argparse.Namespace, entries: int) -> float:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    install_sigterm()
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    started, tmp = begin("scale")
     relays = RelayLoop() if args.relay else None
     nodes: list[RedisNode] = []
     try:
         probe = RedisNode().start()
         nodes.append(probe)
-        redis_version = str(probe.client(socket_timeout=5).info("server")["redis_version"])
+        version = redis_version(probe.port)
         probe.cleanup()
         nodes.remove(probe)
-        extra = "".join(" " + shlex.quote(a) for a in argv)
-        print(f"reproduce: bash scripts/bench.sh scale{extra}")
-        print(f"       or: .venv/bin/python benchmarks/bench_scale.py{extra}")
-        print(machine_line(redis_version))
-        print(tools_line())
+        print_preamble("scale", argv, version)
         print(f"entries {', '.join(f'{e:,}' for e in args.sizes)}; burst limit {args.burst_limit:g} s; steady "
               f"windows {', '.join(f'{window_for(args, e):g} s' for e in args.sizes)}")
         print(flush=True)
@@ -597,15 +562,7 @@ def main(argv: Sequence[str]) -> int:
         if steady:
             report_steady(steady, busy)
     finally:
-        kill_groups()
-        if relays is not None:
-            relays.close()
-        for node in nodes:
-            node.cleanup()
-        if args.keep_logs:
-            print(f"logs kept in {tmp}")
-        else:
-            subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        finish(tmp, args.keep_logs, nodes, *([relays.close] if relays is not None else []))
     print(f"- total time {time.monotonic() - started:.1f} s; every redis-server and beat process stopped")
     return 0
 

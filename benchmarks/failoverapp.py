@@ -19,6 +19,8 @@ from typing import Any
 import redis
 from celery import Celery
 
+from benchapp import configure_scheduler
+
 app = Celery("failoverapp")
 app.conf.update(
     broker_url=os.environ["FAILOVER_BROKER"],
@@ -26,14 +28,7 @@ app.conf.update(
     beat_schedule={"tick": {"task": "failoverapp.tick", "schedule": 1.0}},
     worker_prefetch_multiplier=1,
 )
-if os.environ.get("FAILOVER_STORE"):
-    app.conf.update(singleton_backend_url=os.environ["FAILOVER_STORE"], redbeat_redis_url=os.environ["FAILOVER_STORE"])
-if os.environ.get("FAILOVER_LEASE_TTL"):
-    app.conf.singleton_lease_ttl = float(os.environ["FAILOVER_LEASE_TTL"])
-if os.environ.get("FAILOVER_REDBEAT_LOCK_TIMEOUT"):
-    app.conf.redbeat_lock_timeout = int(os.environ["FAILOVER_REDBEAT_LOCK_TIMEOUT"])
-if os.environ.get("FAILOVER_MAX_LOOP"):
-    app.conf.beat_max_loop_interval = float(os.environ["FAILOVER_MAX_LOOP"])
+configure_scheduler(app, "FAILOVER_")
 
 _record: "redis.Redis | None" = None
 

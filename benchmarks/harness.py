@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks that run real beat replicas (``bench_idle``, ``bench_failover``,
-``bench_scale``): counting relays, MONITOR, process groups killed at the end, CPU from /proc,
-Markdown tables.
+``bench_scale``; ``bench_backends`` takes its tables): counting relays, MONITOR, process groups killed
+at the end, CPU from /proc, the replicas' commands and logs, a run's start and end, Markdown tables.
 
 Every process a benchmark starts goes through ``spawn()``: its own session (so its process group id
 is its pid), the kernel's parent-death signal (``die_with_parent``), and a place in the list that
@@ -10,24 +10,29 @@ on SIGTERM (``install_sigterm()``). Nothing is ever killed by name. Every addres
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import atexit
 import importlib.metadata
 import os
 import platform
 import re
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Protocol, Sequence, TypeVar
 
-from singleton_tasks.testing import die_with_parent
+import redis
+
+from singleton_tasks.testing import RedisNode, die_with_parent
 
 HERE = Path(__file__).resolve().parent
 KILL_TIMEOUT = 10.0  # s to wait for a killed process group's leader
@@ -38,6 +43,21 @@ DIE_WITH_PARENT_EXEC = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); 
                         "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
 
 OURS, REDBEAT, SINGLEBEAT = "singleton-tasks", "RedBeat", "single-beat"
+
+#: The log line of a replica that takes the lead (single-beat's leader is the one running beat).
+LEAD_PATTERNS = {OURS: re.compile(r"beat: leading with token"), REDBEAT: re.compile(r"beat: Acquired lock")}
+
+
+@dataclass(frozen=True)
+class HaSubject:
+    """One highly available beat under test (``bench_idle``, ``bench_failover``): a tool and its settings."""
+
+    key: str
+    tool: str  # OURS, REDBEAT or SINGLEBEAT
+    label: str
+    env: dict[str, str]  # the app's settings (``IDLE_*``, ``FAILOVER_*``) and single-beat's
+    attempt: frozenset[str]  # the store commands of a lease attempt: a standby has tried once
+    reference: bool = False  # ours at its defaults: what the ratios divide
 
 
 class BenchmarkError(RuntimeError):
@@ -267,13 +287,8 @@ def kill_groups() -> None:
     A leader already reaped is skipped: its pid may since name another process (its own
     children die with it: ``die_with_parent``)."""
     for popen in _groups:
-        if popen.returncode is not None:
-            continue
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            try:
-                os.killpg(popen.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if popen.returncode is None:
+            _kill_group(popen)
     for popen in _groups:
         try:
             popen.wait(timeout=KILL_TIMEOUT)
@@ -286,11 +301,7 @@ def stop_group(popen: subprocess.Popen[bytes] | None) -> None:
     if popen is None:
         return
     if popen.returncode is None:
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            try:
-                os.killpg(popen.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+        _kill_group(popen)
         try:
             popen.wait(timeout=KILL_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -299,7 +310,53 @@ def stop_group(popen: subprocess.Popen[bytes] | None) -> None:
         _groups.remove(popen)
 
 
+def _kill_group(popen: subprocess.Popen[bytes]) -> None:
+    """SIGCONT, then SIGKILL, the process group of ``popen`` (its leader not yet reaped)."""
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        try:
+            os.killpg(popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 atexit.register(kill_groups)
+
+
+class Spawned:
+    """A process started by ``spawn`` and its log file: a base for the benchmarks' dataclasses,
+    which give it a ``popen`` field and a ``log_path``."""
+
+    popen: subprocess.Popen[bytes] | None
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log(self, start: int = 0) -> str:
+        """The log from byte ``start`` on ("" while there is none)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(start)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
 
 
 def children(pid: int) -> list[int]:
@@ -332,6 +389,11 @@ def cmdline(pid: int) -> list[str]:
         return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
     except OSError:
         return []
+
+
+def celery_children(pid: int) -> list[int]:
+    """The ``celery`` processes below ``pid`` (single-beat's wrapped beat, while it leads)."""
+    return [p for p in tree(pid)[1:] if "celery" in " ".join(cmdline(p))]
 
 
 def stat_ticks(pid: int) -> int | None:
@@ -396,6 +458,21 @@ class ProcCpu:
         return [(t, v[0] - self.first.get(t, (0, 0))[0], v[1] - self.first.get(t, (0, 0))[1])
                 for t, v in sorted(self.last.items())]
 
+
+def sample_tree(cpu: dict[int, ProcCpu], pid: int, start: bool, what: Callable[[int], str]) -> None:
+    """Read the CPU counters of ``pid`` and its descendants into ``cpu`` (``start``: the window's
+    baseline); a process first seen is named ``what(pid)``."""
+    for p in tree(pid):
+        entry = cpu.get(p)
+        if entry is None:
+            entry = cpu[p] = ProcCpu(p, what(p), seen_from_start=start)
+        ticks, threads = stat_ticks(p), thread_samples(p)
+        if ticks is None:
+            continue
+        if start:
+            entry.first_ticks, entry.first = ticks, threads
+        entry.last_ticks = ticks
+        entry.last.update(threads)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
@@ -496,6 +573,27 @@ def install_sigterm() -> None:
     signal.signal(signal.SIGTERM, _terminate)
 
 
+def begin(bench: str) -> tuple[float, Path]:
+    """The start of a run: SIGTERM made to clean up (``install_sigterm``); (its monotonic start time,
+    a new temporary directory for its logs)."""
+    install_sigterm()
+    return time.monotonic(), Path(tempfile.mkdtemp(prefix=f"bench-{bench}-"))
+
+
+def finish(tmp: Path, keep_logs: bool, nodes: Iterable[RedisNode], *close: Callable[[], None]) -> None:
+    """The end of a run, whatever happened: every process group killed, ``close`` called in turn
+    (monitors, relays), every redis-server in ``nodes`` removed, ``tmp`` deleted (or kept and named)."""
+    kill_groups()
+    for call in close:
+        call()
+    for node in nodes:
+        node.cleanup()
+    if keep_logs:
+        print(f"logs kept in {tmp}")
+    else:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
 def spawn(args: Sequence[str], log_path: Path, cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start ``args`` in a session of its own (group id = pid), output to ``log_path``; killed at the end."""
     cwd.mkdir(parents=True, exist_ok=True)
@@ -508,11 +606,64 @@ def spawn(args: Sequence[str], log_path: Path, cwd: Path, env: dict[str, str]) -
     return popen
 
 
+def ha_beat(tool: str, app: str, schedule: Path, store_url: str, prefix: str, identifier: str,
+            ) -> tuple[list[str], dict[str, str]]:
+    """The command and the environment (``bench_env()`` plus the store) of one ``celery -A app beat``
+    replica of ``tool``: ours (``-S singleton``) and RedBeat read the store from ``{prefix}STORE``;
+    single-beat wraps a beat on Celery's default scheduler and holds its lock ``identifier`` there."""
+    beat = [sys.executable, "-m", "celery", "-A", app, "beat", "-l", "info", "-s", str(schedule)]
+    env = bench_env()
+    if tool == SINGLEBEAT:
+        env["SINGLE_BEAT_REDIS_SERVER"] = store_url
+        env["SINGLE_BEAT_IDENTIFIER"] = identifier
+        single_beat = Path(sys.executable).with_name("single-beat")
+        return [str(single_beat), sys.executable, "-c", DIE_WITH_PARENT_EXEC, *beat[1:]], env
+    env[f"{prefix}STORE"] = store_url
+    return [*beat, "-S", "singleton" if tool == OURS else "redbeat.RedBeatScheduler"], env
+
+
 def bench_env(prefixes: Sequence[str] = ("IDLE_", "SCALE_", "FAILOVER_", "SINGLE_BEAT_", "CELERY_")) -> dict[str, str]:
     """This process's environment without the benchmark apps' settings, ``benchmarks/`` on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(tuple(prefixes))}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
+
+
+class Keyed(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+K = TypeVar("K", bound=Keyed)
+
+
+def choose(parser: argparse.ArgumentParser, only: str | None, items: Sequence[K], kind: str) -> list[K]:
+    """The ``items`` whose ``key`` is named in ``--only`` (comma-separated), all of them without it."""
+    if not only:
+        return list(items)
+    keys = [item.key for item in items]
+    wanted = [k.strip() for k in only.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in keys]
+    if unknown:
+        parser.error(f"unknown {kind}(s) {unknown}; choose from {keys}")
+    return [item for item in items if item.key in wanted]
+
+
+def print_preamble(bench: str, argv: Sequence[str], redis_version: str) -> None:
+    """How to run this again, the machine and the tools' versions."""
+    extra = "".join(" " + shlex.quote(a) for a in argv)
+    print(f"reproduce: bash scripts/bench.sh {bench}{extra}")
+    print(f"       or: .venv/bin/python benchmarks/bench_{bench}.py{extra}")
+    print(machine_line(redis_version))
+    print(tools_line())
+
+
+def redis_version(port: int) -> str:
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    try:
+        return str(client.info("server")["redis_version"])
+    finally:
+        client.close()
 
 
 def machine_line(redis_version: str) -> str:

@@ -15,20 +15,15 @@ import os
 
 from celery import Celery
 
+from benchapp import configure_scheduler
+
 app = Celery("idleapp")
 app.conf.update(
     broker_url=os.environ["IDLE_BROKER"],
     broker_connection_retry_on_startup=True,
     beat_schedule={"noop": {"task": "idleapp.noop", "schedule": 1.0}},
 )
-if os.environ.get("IDLE_STORE"):
-    app.conf.update(singleton_backend_url=os.environ["IDLE_STORE"], redbeat_redis_url=os.environ["IDLE_STORE"])
-if os.environ.get("IDLE_LEASE_TTL"):
-    app.conf.singleton_lease_ttl = float(os.environ["IDLE_LEASE_TTL"])
-if os.environ.get("IDLE_REDBEAT_LOCK_TIMEOUT"):
-    app.conf.redbeat_lock_timeout = int(os.environ["IDLE_REDBEAT_LOCK_TIMEOUT"])
-if os.environ.get("IDLE_MAX_LOOP"):
-    app.conf.beat_max_loop_interval = float(os.environ["IDLE_MAX_LOOP"])
+configure_scheduler(app, "IDLE_")
 
 
 @app.task(name="idleapp.noop")  # type: ignore[untyped-decorator]

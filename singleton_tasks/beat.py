@@ -163,8 +163,8 @@ class LeaderMixin:
             with stop_signals_held():  # a stop waits for the publish in flight
                 if token != self._led_token:
                     self._take_over(token)
-                elif time.monotonic() >= self._next_poll:
-                    self._poll_stored()
+                elif time.monotonic() >= self._next_poll - STORED_POLL / 2:
+                    self._poll_stored()  # early rather than on a wake-up of its own
                 delay = self._dispatch()
                 if self._unconfirmed and time.monotonic() >= self._confirm_by:
                     self._flush_confirmations()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -125,10 +125,7 @@ def add(ctx: click.Context, name: str, task: str, every: str | None, cron: str |
 @click.pass_context
 def remove(ctx: click.Context, name: str) -> None:
     """Delete stored entry NAME."""
-    with _session(ctx) as s:
-        if not s.entries.remove(name):
-            raise s.no_stored_entry(name)
-        click.echo(f"removed {name}")
+    _edit_stored(ctx, name, StoredEntries.remove, "removed")
 
 
 @schedule.command()
@@ -136,10 +133,7 @@ def remove(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def enable(ctx: click.Context, name: str) -> None:
     """Run stored entry NAME again."""
-    with _session(ctx) as s:
-        if s.entries.enable(name) is None:
-            raise s.no_stored_entry(name)
-        click.echo(f"enabled {name}")
+    _edit_stored(ctx, name, lambda entries, n: entries.enable(n) is not None, "enabled")
 
 
 @schedule.command()
@@ -147,10 +141,15 @@ def enable(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def disable(ctx: click.Context, name: str) -> None:
     """Keep stored entry NAME but do not run it."""
+    _edit_stored(ctx, name, lambda entries, n: entries.disable(n) is not None, "disabled")
+
+
+def _edit_stored(ctx: click.Context, name: str, edit: Callable[[StoredEntries, str], bool], done: str) -> None:
+    """``edit`` stored entry NAME (False: there is none, an error) and print ``{done} NAME``."""
     with _session(ctx) as s:
-        if s.entries.disable(name) is None:
+        if not edit(s.entries, name):
             raise s.no_stored_entry(name)
-        click.echo(f"disabled {name}")
+        click.echo(f"{done} {name}")
 
 
 @schedule.command()

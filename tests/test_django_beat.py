@@ -17,23 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from db_beat import CHANGE_TIMEOUT, MAX_GAP, START_TIMEOUT, TTL, DbBeatProject, assert_each_slot_once, closed_with_report
 from pg import PostgresServer, find_binary
-from procs import APPS, Proc, Procs, wait_for
-from singleton_tasks import Lease
-
-TTL = 2.0
-START_TIMEOUT = 60.0
-#: A change made through the ORM reaches the leader at its next tick (django-celery-beat
-#: compares PeriodicTasks.last_update every tick; beat_max_loop_interval is 1 s here).
-CHANGE_TIMEOUT = 10.0
-#: The largest gap between runs of a 1 s entry across a fault: period + TTL + a retry + load.
-MAX_GAP = 1.0 + TTL + 0.5 + 1.5
+from procs import APPS, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -45,66 +36,26 @@ def postgres() -> Iterator[PostgresServer]:
     server.stop()
 
 
-class Project:
+class Project(DbBeatProject):
     """The Django project's processes, database and task log for one test."""
 
+    app = "dbeatapp"
+
     def __init__(self, db_url: str, redis_node: Any, directory: Path) -> None:
-        base = f"redis://127.0.0.1:{redis_node.port}"
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(APPS), os.environ.get("PYTHONPATH")])),
-            "PYTHONUNBUFFERED": "1",
-            "SINGLETON_TEST_DB": db_url,
-            "SINGLETON_TEST_BROKER": f"{base}/1",
-            "SINGLETON_TEST_NODES": f"{base}/0",
-            "SINGLETON_TEST_LOG": f"{base}/2",
-            "SINGLETON_TEST_TTL": str(TTL),
-        }
-        self.procs = Procs(directory, self.env)
-        self.log = redis_node.client(db=2)
-        self.lease = Lease("beat:beat", f"{base}/0", ttl=TTL)
+        super().__init__(db_url, redis_node, directory)
         self.ctl("migrate")
+
+    def process_env(self, name: str) -> dict[str, str]:
+        return {"SINGLETON_TEST_DB_APP": name}  # PostgreSQL's application_name: who wrote what
 
     def ctl(self, *args: str) -> str:
         done = subprocess.run([sys.executable, str(APPS / "dbeat_ctl.py"), *args], capture_output=True, text=True,
-                              env={**self.env, "SINGLETON_TEST_DB_APP": "ctl"}, timeout=120)
+                              env={**self.env, **self.process_env("ctl")}, timeout=120)
         assert done.returncode == 0, f"dbeat_ctl {args}: {done.stderr}"
         return done.stdout
 
     def rows(self) -> dict[str, Any]:
         return json.loads(self.ctl("rows"))  # type: ignore[no-any-return]
-
-    def beat(self, name: str) -> Proc:
-        self.procs.env = {**self.env, "SINGLETON_TEST_DB_APP": name}
-        return self.procs.start(name, [sys.executable, "-m", "celery", "-A", "dbeatapp", "beat", "-l", "info",
-                                       "-s", str(self.procs.dir / f"{name}.schedule")])
-
-    def worker(self) -> Proc:
-        self.procs.env = {**self.env, "SINGLETON_TEST_DB_APP": "worker"}
-        return self.procs.start("worker", [sys.executable, "-m", "celery", "-A", "dbeatapp", "worker", "-P", "solo",
-                                           "-l", "info", "--without-gossip", "--without-mingle",
-                                           "--without-heartbeat"])
-
-    def runs(self) -> list[tuple[str, str, int, float]]:
-        """(periodic task name, slot, beat token, time) of every run, in order."""
-        out = []
-        for raw in self.log.lrange("ran", 0, -1):
-            name, slot, token, at = raw.decode().split("|")
-            out.append((name, slot, int(token or 0), float(at)))
-        return out
-
-    def runs_of(self, name: str) -> list[tuple[str, str, int, float]]:
-        return [run for run in self.runs() if run[0] == name]
-
-    def leader(self, beats: list[Proc]) -> Proc | None:
-        holder = self.lease.holder()
-        by_pid = {b.pid: b for b in beats}
-        return by_pid.get(holder["pid"]) if holder else None
-
-    def token(self) -> int:
-        holder = self.lease.holder()
-        assert holder is not None
-        return int(holder["token"])
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "sqlite, one class path"])
@@ -119,31 +70,13 @@ def project(request: pytest.FixtureRequest, redis_nodes_factory: Callable[..., A
     proj = Project(db_url, redis_nodes_factory(1)[0], tmp_path / "procs")
     if "one class" in request.param:  # CELERY_BEAT_SCHEDULER = "singleton_tasks.django_beat:DatabaseScheduler"
         proj.env["SINGLETON_TEST_ONE_CLASS"] = "1"
-    failed_before = request.session.testsfailed
-    try:
+    with closed_with_report(request, proj.procs):
         yield proj
-    finally:
-        proj.procs.close()
-        if request.session.testsfailed > failed_before:
-            reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line(proj.procs.report(60))
 
 
 def writes_by(postgres: PostgresServer, app_name: str, after: float = 0.0) -> list[str]:
     """The data-modifying statements client ``app_name`` sent, from ``after`` (Unix time) on."""
     return [sql for at, app, sql in postgres.statements() if app == app_name and at >= after]
-
-
-def assert_each_slot_once(runs: list[tuple[str, str, int, float]], faults: list[float]) -> None:
-    """No slot sent twice, but for a plain task's slot due just before a SIGKILL or SIGSTOP: a
-    slot the old leader reserved and had not confirmed as sent is sent again by the next one
-    (it cannot know whether the publish happened); only a singleton task deduplicates that."""
-    slots = Counter(slot for _, slot, _, _ in runs if slot)
-    twice = [s for s, n in slots.items() if n > 1]
-    allowed = [s for s in twice if not s.startswith("beat/every-second@")
-               and any(-0.5 < fault - int(s.rsplit("@", 1)[1]) / 1000 < 1.5 for fault in faults)]
-    assert twice == allowed, f"slots run twice: {twice}"
 
 
 def test_database_schedule_fails_over(project: Project, request: pytest.FixtureRequest) -> None:
@@ -192,9 +125,13 @@ def test_database_schedule_fails_over(project: Project, request: pytest.FixtureR
     # SIGSTOP the leader past its TTL; the third replica leads; the resumed one steps down and writes nothing.
     stopped_at = time.time()
     b.send(signal.SIGSTOP)
+    # Edited in the "admin" while the leader is frozen: the next leader runs the edited row.
+    project.ctl("set", "added-while-down", 'kwargs="{\\"label\\": \\"v2\\"}"')
     c = wait_for(lambda: (lead := project.leader(beats)) not in (None, a, b) and lead, TTL + 15,
                  "the third replica to lead while the second is stopped")
     third = project.token()
+    wait_for(lambda: [r for r in project.runs_of("added-while-down#v2") if r[2] == third], CHANGE_TIMEOUT,
+             "the entry edited while the leader was stopped, run with its new arguments by the next leader")
     wait_for(lambda: len([r for r in project.runs_of("every-second") if r[2] == third]) >= 2, 15,
              "every-second run by the third leader")
     resumed_at, log_at = time.time(), b.log_size()
@@ -220,7 +157,7 @@ def test_database_schedule_fails_over(project: Project, request: pytest.FixtureR
     assert rows["every-second"]["total_run_count"] >= before_term, "the run count in the row never goes back"
 
     runs = project.runs()
-    assert_each_slot_once(runs, [crashed_at, stopped_at])
+    assert_each_slot_once(runs, [crashed_at, stopped_at], deduplicated=("beat/every-second@",))
     once = project.runs_of("once")
     assert len(once) == 1, f"a one-off entry runs once across replicas: {once}"
     assert rows["once"]["enabled"] is False, "and is disabled after its run"

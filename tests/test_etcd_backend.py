@@ -1015,3 +1015,55 @@ def main(args: dict[str, Any]) -> None:
 if __name__ == "__main__":
     assert sys.argv[1] == "holder"
     main(json.loads(sys.argv[2]))
+
+
+def test_an_endpoint_that_stops_and_starts_answering_is_reported_once_each_way(
+        etcd_cluster_factory: Callable[..., EtcdCluster]) -> None:
+    from singleton_tasks import events, signals
+
+    cluster = etcd_cluster_factory(3)
+    leader = cluster.wait_for_leader()
+    first, second = [m for m in cluster.members if m is not leader]  # followers: no election on a kill
+    # The URL names two of the three members, so the rotation comes back to the first one.
+    backend = EtcdBackend(f"etcd://{first.endpoint},{second.endpoint}", timeout=0.5)
+    label = {first: f"etcd://{first.endpoint}", second: f"etcd://{second.endpoint}"}
+    assert list(backend.client.labels) == [label[first], label[second]]
+    seen: list[tuple[str, dict[str, Any]]] = []
+    unsubscribe = events.subscribe(lambda event, fields: seen.append((event, fields))
+                                   if event in (events.NODE_FAILING, events.NODE_RECOVERED) else None)
+    failing_signals: list[dict[str, Any]] = []
+
+    def on_failing(sender: Any = None, **fields: Any) -> None:
+        failing_signals.append({"sender": sender, **fields})
+
+    signals.node_failing.connect(on_failing, weak=False)
+    holder = backend.lease("reported", 5)
+    try:
+        assert holder.acquire(blocking=False) and backend.client.current == 0
+        assert seen == []
+        first.kill()
+        for _ in range(3):  # the first renewal moves to the second member; later ones go there at once
+            assert holder.renew()
+        assert backend.client.current == 1
+        assert [(e, f["name"], f["node"]) for e, f in seen] == [(events.NODE_FAILING, "reported", label[first])]
+        assert seen[0][1]["error"]
+        assert [(s["sender"], s["node"]) for s in failing_signals] == [("reported", label[first])]
+
+        # Restarted, the first member is not asked again (nor reported) until the rotation reaches it.
+        first.start()
+        assert holder.renew()
+        assert len(seen) == 1
+        second.kill()
+        wait_for(lambda: holder.renew() or None, holder.valid_for(), "a renewal back on the first member")
+        assert backend.client.current == 0
+        assert sorted((e, f["node"]) for e, f in seen[1:]) == sorted(
+            [(events.NODE_FAILING, label[second]), (events.NODE_RECOVERED, label[first])])
+        assert all(f["name"] == "reported" for _, f in seen)
+        for _ in range(3):
+            assert holder.renew()
+        assert len(seen) == 3, "once per change, not once per call"
+    finally:
+        unsubscribe()
+        signals.node_failing.disconnect(on_failing)
+        holder.release()
+        backend.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from singleton_tasks.errors import ConfigurationError
 from singleton_tasks.testing import free_port
 
 import pytest
+import redis
 from celery import Celery
 
 
@@ -73,6 +76,45 @@ def test_a_beat_replica_and_a_worker_serve_their_metrics(redis_node, tmp_path: P
     finally:
         beats.close()
         workers.close()
+
+
+def test_a_prefork_worker_serves_the_events_of_its_pool_children(redis_node, tmp_path: Path) -> None:
+    # Task events happen in the pool's children: the main process's endpoint must count them.
+    port = free_port()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**env_for(redis_node, port), "TMPDIR": str(temp), "SINGLETON_TEST_TASK_TTL": "5"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    workers = Procs(tmp_path / "worker", env)
+    base = f"redis://127.0.0.1:{redis_node.port}"
+    record = redis.Redis.from_url(f"{base}/2")
+    try:
+        worker = workers.start("prefork", [sys.executable, "-m", "celery", "-A", "workapp", "worker", "-P", "prefork",
+                                           "-c", "2", "-n", "prefork@localhost", "-l", "info", "--without-gossip",
+                                           "--without-mingle", "--without-heartbeat"])
+        wait_for(lambda: worker.log_has(r" ready\.") or None, 60, "the prefork worker ready")
+        assert value(scrape(port), "singleton_skips_total", lease="task:workapp.work:same", reason="busy") is None
+        [made] = [p for p in temp.iterdir() if p.name.startswith("singleton-metrics-")]
+        producer = Celery("producer", broker=f"{base}/1", set_as_current=False)
+        for _ in range(2):  # two at once on one lease, one per child: the second is busy (and retried)
+            producer.send_task("workapp.work", ("same",), {"seconds": 1.5})
+        skipped = wait_for(lambda: value(scrape(port), "singleton_skips_total", lease="task:workapp.work:same",
+                                         reason="busy"), 30, "the busy skips counted by the worker")
+        assert skipped >= 1
+        wait_for(lambda: record.llen("finished") == 2 or None, 30, "both runs finished")
+        pids = {line.split(b"|")[1] for line in record.lrange("started", 0, -1)}
+        assert str(worker.pid).encode() not in pids, "the runs were in the pool's children"
+        retries = int(record.get("retries") or 0)
+        assert retries >= 1
+        final = value(scrape(port), "singleton_skips_total", lease="task:workapp.work:same", reason="busy")
+        assert final is not None and final >= retries, "every busy attempt counted, from the child that saw it"
+        # A warm shutdown removes the worker's multiprocess directory.
+        worker.send(signal.SIGTERM)
+        worker.wait(30)
+        assert not made.exists(), "the multiprocess directory outlives its worker"
+    finally:
+        workers.close()
+        record.close()
 
 
 def test_a_metrics_port_needs_a_port_number() -> None:

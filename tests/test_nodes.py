@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -127,33 +128,92 @@ def extra_nodes():
         node.cleanup()
 
 
+def start_cluster(started: list[RedisNode], masters: int = 3) -> list[RedisNode]:
+    """A real Redis Cluster of ``masters`` masters on 127.0.0.1, the slots split among them, state ok."""
+    import socket
+
+    from singleton_tasks.testing import free_port
+
+    def with_bus_port() -> int:  # Redis 6 listens for its cluster bus on port + 10000
+        while True:
+            port = free_port()
+            if port + 10000 <= 65535:
+                with socket.socket() as probe:
+                    try:
+                        probe.bind(("127.0.0.1", port + 10000))
+                    except OSError:
+                        continue
+                return port
+
+    nodes = [RedisNode(with_bus_port(), extra_args=["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+             for _ in range(masters)]
+    started.extend(nodes)
+    for node in nodes:
+        node.start()
+    admins = [node.client() for node in nodes]
+    for admin in admins[1:]:
+        admin.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[0].port)
+    share = 16384 // masters
+    for i, admin in enumerate(admins):
+        last = 16383 if i == masters - 1 else (i + 1) * share - 1
+        admin.execute_command("CLUSTER", "ADDSLOTS", *range(i * share, last + 1))  # ADDSLOTSRANGE: Redis 7
+    give_up = time.monotonic() + 30
+    while not all(b"cluster_state:ok" in a.execute_command("CLUSTER", "INFO")
+                  and b"cluster_known_nodes:%d" % masters in a.execute_command("CLUSTER", "INFO") for a in admins):
+        assert time.monotonic() < give_up, "the cluster never became ok"
+        time.sleep(0.05)
+    for admin in admins:
+        admin.close()
+    return nodes
+
+
 def test_a_redis_cluster_client_is_refused_clearly(extra_nodes) -> None:
     from redis.cluster import RedisCluster
 
     from singleton_tasks import ConfigurationError, Lease
 
-    node = RedisNode(extra_args=["--cluster-enabled", "yes"])
-    extra_nodes.append(node)
-    node.start()
-    admin = node.client()
-    admin.execute_command("CLUSTER", "ADDSLOTS", *range(16384))  # a one-node cluster: every slot here
-    give_up = time.monotonic() + 10
-    while b"cluster_state:ok" not in admin.execute_command("CLUSTER", "INFO"):
-        assert time.monotonic() < give_up, "the cluster never became ok"
-        time.sleep(0.02)
-    cluster = RedisCluster(host="127.0.0.1", port=node.port)
-    assert cluster.ping()
-    for nodes in (cluster, [cluster]):
+    nodes = start_cluster(extra_nodes)
+    cluster = RedisCluster(host="127.0.0.1", port=nodes[0].port)
+    assert cluster.ping() and len(cluster.get_primaries()) == 3
+    for spec in (cluster, [cluster]):
         with pytest.raises(ConfigurationError, match="a Redis Cluster client is not supported as a lease node"):
-            NodeSet(nodes, 1.0)
-        with pytest.raises(ConfigurationError, match="independent Redis servers"):
-            Lease("clustered", nodes)
-    # What the message offers instead: the URL of the one node that serves every slot.
-    lease = Lease("clustered", node.url, ttl=5)
-    assert lease.acquire(blocking=False)
-    lease.release()
-    lease.close()
+            NodeSet(spec, 1.0)
+        with pytest.raises(ConfigurationError, match="independent Redis servers.*Sentinel"):
+            Lease("clustered", spec)
     cluster.close()
+
+
+def test_a_url_of_a_redis_cluster_node_is_refused_clearly(extra_nodes, redis_node) -> None:
+    from singleton_tasks import Lease
+    from singleton_tasks.backends.redis import RedisBackend
+
+    nodes = start_cluster(extra_nodes)
+    urls = [node.url for node in nodes]
+    refused = r"is a Redis Cluster node .*Redis Cluster is not supported as a lease node.*independent Redis servers.*Sentinel"
+
+    # At start-up: the warnings name every cluster node and say what to use instead.
+    backend = RedisBackend(urls, timeout=1.0)
+    warnings = backend.startup_warnings()
+    assert len(warnings) == 3 and all(re.search(refused, w) for w in warnings), warnings
+    # At check: every node fails, with that message, before any key is written.
+    results = backend.check()
+    assert [label for label, _ in results] == backend.labels
+    assert all(problem and problem.startswith("cluster: ") and re.search(refused, problem) for _, problem in results)
+    for node in nodes:
+        assert node.client().dbsize() == 0
+    # A lease on them is never granted, and says why (not MOVED or CROSSSLOT).
+    lease = Lease("clustered", urls, ttl=5)
+    assert not lease.acquire(blocking=False)
+    assert lease.unreachable and re.search(refused, lease.unreachable), lease.unreachable
+    assert "MOVED" not in lease.unreachable and "CROSSSLOT" not in lease.unreachable
+    lease.close()
+    backend.close()
+
+    # A plain node next to it is not refused: the check is of the server, not of the URL.
+    plain = RedisBackend([redis_node.url], timeout=1.0)
+    assert not any("Redis Cluster" in w for w in plain.startup_warnings())
+    assert plain.check() == [(redis_node.url, None)]
+    plain.close()
 
 
 def test_sentinel_managed_clients_are_labelled_by_service_and_hold_a_lease(redis_nodes_factory, extra_nodes) -> None:

@@ -20,11 +20,8 @@ composes without code of its own. Two differences once broke it, and these tests
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,17 +33,11 @@ from celery import Celery  # noqa: E402
 from sqlalchemy_celery_beat.models import IntervalSchedule, Period, PeriodicTask  # noqa: E402
 from sqlalchemy_celery_beat.session import SessionManager, session_cleanup  # noqa: E402
 
-from procs import APPS, Proc, Procs, wait_for  # noqa: E402
-from singleton_tasks import Lease  # noqa: E402
+from db_beat import (  # noqa: E402
+    CHANGE_TIMEOUT, MAX_GAP, START_TIMEOUT, TTL, DbBeatProject, assert_each_slot_once, closed_with_report,
+)
+from procs import Proc, wait_for  # noqa: E402
 from singleton_tasks.beat import LeaderMixin, LeaderScheduler  # noqa: E402
-
-TTL = 2.0
-START_TIMEOUT = 60.0
-#: A row added reaches the leader at its next tick (PeriodicTaskChanged.last_update is
-#: compared every tick; beat_max_loop_interval is 1 s here).
-CHANGE_TIMEOUT = 10.0
-#: The largest gap between runs of a 1 s entry across a fault: period + TTL + a retry + load.
-MAX_GAP = 1.0 + TTL + 0.5 + 1.5
 
 
 class HostDoesNotStart(AssertionError):
@@ -57,27 +48,15 @@ class RunStateLost(AssertionError):
     """A new leader did not continue an entry's run count from the fenced record."""
 
 
-class Project:
+class Project(DbBeatProject):
     """The processes, database and task log of one test."""
 
+    app = "sqlabeatapp"
+
     def __init__(self, db_url: str, redis_node: Any, directory: Path) -> None:
-        base = f"redis://127.0.0.1:{redis_node.port}"
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(APPS), os.environ.get("PYTHONPATH")])),
-            "PYTHONUNBUFFERED": "1",
-            "SINGLETON_TEST_DB": db_url,
-            "SINGLETON_TEST_BROKER": f"{base}/1",
-            "SINGLETON_TEST_NODES": f"{base}/0",
-            "SINGLETON_TEST_LOG": f"{base}/2",
-            "SINGLETON_TEST_TTL": str(TTL),
-        }
-        self.procs = Procs(directory, self.env)
-        self.log = redis_node.client(db=2)
-        self.lease = Lease("beat:beat", f"{base}/0", ttl=TTL)
+        super().__init__(db_url, redis_node, directory)
         # The tables are created here, once, before any replica starts (each replica's
         # DatabaseScheduler.__init__ would otherwise race to create them).
-        self.db_url = db_url
         self.sessions = SessionManager()
         self.sessions.session_factory(db_url).close()
 
@@ -102,31 +81,6 @@ class Project:
             return {row.name: {"enabled": row.enabled, "total_run_count": row.total_run_count,
                                "last_run_at": row.last_run_at} for row in session.query(PeriodicTask).all()}
 
-    def beat(self, name: str) -> Proc:
-        return self.procs.start(name, [sys.executable, "-m", "celery", "-A", "sqlabeatapp", "beat", "-l", "info",
-                                       "-s", str(self.procs.dir / f"{name}.schedule")])
-
-    def worker(self) -> Proc:
-        return self.procs.start("worker", [sys.executable, "-m", "celery", "-A", "sqlabeatapp", "worker", "-P", "solo",
-                                           "-l", "info", "--without-gossip", "--without-mingle",
-                                           "--without-heartbeat"])
-
-    def runs(self) -> list[tuple[str, str, int, float]]:
-        """(periodic task name, slot, beat token, time) of every run, in order."""
-        out = []
-        for raw in self.log.lrange("ran", 0, -1):
-            name, slot, token, at = raw.decode().split("|")
-            out.append((name, slot, int(token or 0), float(at)))
-        return out
-
-    def runs_of(self, name: str, token: int | None = None) -> list[tuple[str, str, int, float]]:
-        return [run for run in self.runs() if run[0] == name and (token is None or run[2] == token)]
-
-    def leader(self, beats: list[Proc]) -> Proc | None:
-        holder = self.lease.holder()
-        by_pid = {b.pid: b for b in beats}
-        return by_pid.get(holder["pid"]) if holder else None
-
     def start(self, replicas: int) -> tuple[list[Proc], Proc]:
         """The beat replicas and a worker, once one replica leads (HostDoesNotStart if they die)."""
         beats = [self.beat(f"beat{i}") for i in range(replicas)]
@@ -139,35 +93,12 @@ class Project:
         assert all(b.alive for b in beats), self.procs.report(30, beats)
         return beats, wait_for(lambda: self.leader(beats), 5, "the leader")
 
-    def token(self) -> int:
-        holder = self.lease.holder()
-        assert holder is not None
-        return int(holder["token"])
-
 
 @pytest.fixture
 def project(request: pytest.FixtureRequest, redis_nodes_factory: Callable[..., Any], tmp_path: Path) -> Iterator[Project]:
     proj = Project(f"sqlite:///{tmp_path / 'beat.sqlite3'}", redis_nodes_factory(1)[0], tmp_path / "procs")
-    failed_before = request.session.testsfailed
-    try:
+    with closed_with_report(request, proj.procs):
         yield proj
-    finally:
-        proj.procs.close()
-        if request.session.testsfailed > failed_before:
-            reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line(proj.procs.report(60))
-
-
-def assert_each_slot_once(runs: list[tuple[str, str, int, float]], faults: list[float]) -> None:
-    """No slot sent twice, but for a plain task's slot due just before a SIGKILL: a slot the old
-    leader reserved and had not confirmed as sent is sent again by the next one (it cannot know
-    whether the publish happened); only a singleton task deduplicates that."""
-    slots = Counter(slot for _, slot, _, _ in runs if slot)
-    twice = [s for s, n in slots.items() if n > 1]
-    allowed = [s for s in twice if not s.startswith(("beat/every-second@", "beat/once@"))
-               and any(-0.5 < fault - int(s.rsplit("@", 1)[1]) / 1000 < 1.5 for fault in faults)]
-    assert twice == allowed, f"slots run twice: {twice}"
 
 
 def test_composes_with_the_mixin(redis_url: str, tmp_path: Path) -> None:
@@ -231,7 +162,7 @@ def test_sqlalchemy_schedule_fails_over(project: Project) -> None:
     assert rows["every-second"]["total_run_count"] > 0 and rows["every-second"]["last_run_at"] is not None, \
         f"the leader synced its rows at exit: {rows['every-second']}"
 
-    assert_each_slot_once(project.runs(), [crashed_at])
+    assert_each_slot_once(project.runs(), [crashed_at], deduplicated=("beat/every-second@", "beat/once@"))
     assert len(project.runs_of("once")) == 1, f"a one-off runs once across replicas: {project.runs_of('once')}"
     assert not rows["once"]["enabled"], "and stays disabled"
     times = [r[3] for r in project.runs_of("every-second") if r[3] < term_at]

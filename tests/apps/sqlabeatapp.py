@@ -2,18 +2,17 @@
 
 SINGLETON_TEST_DB: the SQLAlchemy database URL (``beat_dburi``).  SINGLETON_TEST_BROKER: broker URL.
 SINGLETON_TEST_NODES: the store (singleton_backend_url).  SINGLETON_TEST_LOG: Redis URL where tasks
-record each run in the list ``ran``: ``name|slot|beat token|time`` (name: the periodic task's name,
-read from the slot header ``beat/NAME@MS``: sqlalchemy-celery-beat passes ``periodic_task_name``
+record each run in the list ``ran`` (``runlog.py``): ``name|slot|beat token|time`` (name: the
+periodic task's name, read from the slot header ``beat/NAME@MS``: sqlalchemy-celery-beat passes ``periodic_task_name``
 as a send option, which does not reach the task, where django-celery-beat puts it in the headers).
 Optional: SINGLETON_TEST_TTL (beat lease TTL, 2 s).
 """
 
 import os
-import time
 
-import redis
 from celery import Celery
 
+from runlog import RunLog, header
 from singleton_tasks import singleton_task
 
 app = Celery("sqlabeatapp")
@@ -29,19 +28,16 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
 )
-record = redis.Redis.from_url(os.environ["SINGLETON_TEST_LOG"])
+runlog = RunLog(os.environ["SINGLETON_TEST_LOG"])
 
 
 def _log(request, slot):
-    headers = request.headers or {}
-    name = slot.partition("/")[2].rpartition("@")[0] or "?"
-    token = headers.get("singleton_token") or getattr(request, "singleton_token", "")
-    record.rpush("ran", f"{name}|{slot}|{token}|{time.time():.3f}")
+    runlog.ran(request, slot.partition("/")[2].rpartition("@")[0] or "?", slot)
 
 
 @app.task(bind=True, name="sqlabeat.plain")
 def plain(self):
-    _log(self.request, (self.request.headers or {}).get("singleton_slot") or getattr(self.request, "singleton_slot", ""))
+    _log(self.request, header(self.request, "singleton_slot"))
 
 
 @singleton_task(app=app, name="sqlabeat.single")

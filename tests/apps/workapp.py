@@ -2,6 +2,7 @@
 
 SINGLETON_TEST_BROKER: broker URL.  SINGLETON_TEST_NODES: the store (singleton_backend_url): Redis node URLs joined with commas, or an etcd:// URL.
 SINGLETON_TEST_LOG: Redis URL where tasks record what ran.
+Optional: SINGLETON_TEST_METRICS_PORT (metrics on 127.0.0.1, off by default).
 """
 
 import os
@@ -21,6 +22,9 @@ app.conf.update(
     singleton_busy_retry_countdown=0.1,
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
+    singleton_metrics_port=int(os.environ["SINGLETON_TEST_METRICS_PORT"]) if "SINGLETON_TEST_METRICS_PORT" in os.environ
+    else None,
+    singleton_metrics_addr="127.0.0.1",
 )
 record = redis.Redis.from_url(os.environ["SINGLETON_TEST_LOG"])
 

@@ -12,6 +12,12 @@ Guarantees:
   returns within about ``len(endpoints) * timeout`` (twice that with a re-authentication).
 * User and password are exchanged for a token (``/v3/auth/authenticate``); a token the
   cluster calls invalid or expired is replaced once and the request retried.
+* An endpoint that stops answering is logged and reported once (``events.NODE_FAILING``, its
+  label as ``node``), and once again when it answers (``events.NODE_RECOVERED``). The event's
+  ``name`` is the lease whose call saw the change (``acting_for``), else ``"etcd"``; one client
+  serves every lease of a backend, so each change is reported once, not once per lease. A
+  failed endpoint is tried again only when the rotation comes back to it (the endpoints after it
+  failing too), so its recovery is reported then, not when it restarts.
 * Requests and answers are read and written as ``wire`` says; ``watch_deletes`` is a
   ``watch.KeyWatcher``; ``config`` says where the cluster is.
 
@@ -26,12 +32,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import requests
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import Etcd3Exception
 
+from ... import events
 from ...errors import LeaseError
 from .config import EtcdConfig
 from .watch import KeyWatcher
@@ -76,6 +84,17 @@ class EtcdClient:
         self._auth_lock = threading.Lock()
         self._failing: dict[int, str] = {}  # endpoint -> its error, logged when it began
         self._state_lock = threading.Lock()
+        self._acting = threading.local()  # .name: the lease this thread's calls are for
+
+    @contextmanager
+    def acting_for(self, name: str) -> Iterator[None]:
+        """Calls of this thread inside the block are lease ``name``'s (the name of node events)."""
+        before = getattr(self._acting, "name", None)
+        self._acting.name = name
+        try:
+            yield
+        finally:
+            self._acting.name = before
 
     @property
     def current(self) -> int:
@@ -243,10 +262,20 @@ class EtcdClient:
     def _note(self, index: int, problem: str | None) -> None:
         # One line when an endpoint starts failing and one when it answers again: an outage
         # is visible without one line per request.
+        label = self.labels[index]
         with self._state_lock:
             if problem is None:
-                if self._failing.pop(index, None) is not None:
-                    log.warning("etcd: endpoint %s answers again", self.labels[index])
-            elif index not in self._failing:
-                self._failing[index] = problem
-                log.warning("etcd: endpoint %s failed (%s)", self.labels[index], problem)
+                changed = self._failing.pop(index, None) is not None
+            else:
+                changed = index not in self._failing
+                if changed:
+                    self._failing[index] = problem
+        if not changed:
+            return
+        name = getattr(self._acting, "name", None) or "etcd"
+        if problem is None:
+            log.warning("etcd: endpoint %s answers again", label)
+            events.emit(events.NODE_RECOVERED, name=name, node=label)
+        else:
+            log.warning("etcd: endpoint %s failed (%s)", label, problem)
+            events.emit(events.NODE_FAILING, name=name, node=label, error=problem)

@@ -29,11 +29,12 @@ never shorter. Every renewal writes one revision of the key: run etcd with auto-
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar, cast
 
 from ...backend import new_owner, parse_owner
 from ...clock import Clock, monotonic
@@ -50,6 +51,17 @@ log = logging.getLogger("singleton_tasks.etcd.lease")
 #: below it. Revisions only go back when a cluster is restored from a snapshot or rebuilt empty.
 _seen_tokens: dict[tuple[tuple[str, ...], str], int] = {}
 _seen_lock = threading.Lock()
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _acting(method: _F) -> _F:
+    """The method's calls to the client are this lease's (they name it in node events)."""
+    @functools.wraps(method)
+    def wrapper(self: "EtcdLease", *args: Any, **kwargs: Any) -> Any:
+        with self.client.acting_for(self.name):
+            return method(self, *args, **kwargs)
+    return cast(_F, wrapper)
 
 
 def holder_of(client: EtcdClient, kv: KV | None) -> dict[str, Any] | None:
@@ -111,6 +123,7 @@ class EtcdLease(LeaseBase[_Grant]):
             if token > _seen_tokens.get(self._history, 0):
                 _seen_tokens[self._history] = token
 
+    @_acting
     def holder(self) -> dict[str, Any] | None:
         """Who holds the lease now: host, pid, id, token (create revision), ttl (s left); None if free.
 
@@ -133,6 +146,7 @@ class EtcdLease(LeaseBase[_Grant]):
 
     # -- internals -----------------------------------------------------------------------
 
+    @_acting
     def _extend(self, grant: _Grant, started: float) -> bool:
         """A keepalive, then the guarded write; the new validity counts from ``started``, taken
         before the keepalive was sent. Dropped at once when the etcd lease or the key is gone."""
@@ -157,6 +171,7 @@ class EtcdLease(LeaseBase[_Grant]):
         self._grant = _Grant(grant.owner, grant.token, deadline, lease_id=grant.lease_id)
         return True
 
+    @_acting
     def _release(self, grant: _Grant) -> None:
         """Delete the key if it is still ours, then revoke the etcd lease."""
         self._drop(grant.token, grant.lease_id)
@@ -166,6 +181,7 @@ class EtcdLease(LeaseBase[_Grant]):
         which does not pass by waiting; None when it did not."""
         return self._refused
 
+    @_acting
     def _try_acquire(self) -> bool:
         with self._lock:
             if self.held:

@@ -21,7 +21,7 @@ from .entries import RedisEntries
 from .inventory import list_leases
 from .lease import Lease
 from .nodes import NodeSet, NodeSpec, check_independent
-from .probes import eviction_warnings, exercise_node
+from .probes import cluster_refusals, eviction_warnings, exercise_node
 from .quorum import tally
 from .records import FencedRecords, claim_slot
 
@@ -103,7 +103,8 @@ class RedisBackend:
         return claim_slot(self.nodes, keys.slots_key(self.prefix, entry), due_ms, attempt, memory)
 
     def startup_warnings(self) -> list[str]:
-        return eviction_warnings(self.nodes)
+        # A cluster node fails every operation (nodes.ClusterNodeRefused): that is all to say.
+        return cluster_refusals(self.nodes) or eviction_warnings(self.nodes)
 
     def check(self) -> list[tuple[str, str | None]]:
         return [(label, exercise_node(self.nodes, i, self.prefix, self.timeout)) for i, label in enumerate(self.labels)]

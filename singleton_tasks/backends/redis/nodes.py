@@ -8,6 +8,11 @@ unread on a connection it gives back, even when interrupted (a signal handler's 
 A quorum needs independent nodes, so a node is known by its ``Endpoint``: the server and
 database it reaches, however it is spelled. Two spellings of one endpoint are refused; several
 databases of one server are allowed with a warning (they fail together, as one node).
+
+A Redis Cluster is refused: a ``RedisCluster`` client when the set is built, and a node of a
+cluster reached through a plain URL at its first connection (``INFO cluster`` says
+``cluster_enabled:1``): every command on it then fails with ``ClusterNodeRefused``, whose
+message says what to use instead, rather than later with MOVED or CROSSSLOT errors.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any, Sequence, Union
 import redis
 from redis.cluster import RedisCluster
 from redis.connection import ConnectionPool, parse_url
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 from redis.backoff import NoBackoff
 from redis.sentinel import SentinelConnectionPool
@@ -186,14 +191,51 @@ def shared_servers(endpoints: Sequence[Endpoint]) -> list[list[int]]:
     return [g for g in groups if len(g) > 1]
 
 
+#: What to use instead of a Redis Cluster, in every message that refuses one.
+INSTEAD_OF_CLUSTER = ("give the URLs of an odd number of independent Redis servers (masters without"
+                      " cluster-enabled), or of Sentinel-managed masters (redis+sentinel://)")
+
+
+class ClusterNodeRefused(RedisError):
+    """A node is part of a Redis Cluster, which is not supported as a lease node."""
+
+
+def cluster_refusal(where: str) -> str:
+    """Why the cluster node ``where`` is refused, and what to use instead."""
+    return (f"{where} is a Redis Cluster node (cluster_enabled:1): Redis Cluster is not supported as a lease node"
+            " (a cluster's masters are not independent voters, and each key lives on only one of them);"
+            f" {INSTEAD_OF_CLUSTER}")
+
+
+def is_cluster_info(info: Any) -> bool:
+    """Whether an ``INFO cluster`` reply (raw or parsed) says the server is a cluster node."""
+    if isinstance(info, Mapping):
+        return str(info.get("cluster_enabled", "0")) == "1"
+    text = info.decode(errors="replace") if isinstance(info, bytes) else str(info)
+    return any(line.strip() == "cluster_enabled:1" for line in text.splitlines())
+
+
+def _refuse_cluster(conn: Any) -> None:
+    """A connection's set-up (redis-py's ``redis_connect_func``): refuse a cluster node, once per connection."""
+    conn.on_connect()
+    try:
+        conn.send_command("INFO", "cluster")
+        info = conn.read_response()
+    except ResponseError:  # INFO not allowed to this user: cannot tell here (``check`` says what fails)
+        return
+    if is_cluster_info(info):
+        path = getattr(conn, "path", None)
+        where = (f"unix://{path}" if path else
+                 f"redis://{_host_port(str(getattr(conn, 'host', '?')), _int(getattr(conn, 'port', None), 6379))}")
+        raise ClusterNodeRefused(cluster_refusal(where))
+
+
 def _reject_unsupported(spec: object) -> None:
     if isinstance(spec, RedisCluster):
         raise ConfigurationError(
             "nodes", spec,
             "a Redis URL or a redis.Redis client; a Redis Cluster client is not supported as a lease node"
-            " (a cluster's masters are not independent voters, and each key lives on only one of them):"
-            " give the URLs of an odd number of independent Redis servers, or of one cluster node that serves"
-            " every slot",
+            f" (a cluster's masters are not independent voters, and each key lives on only one of them): {INSTEAD_OF_CLUSTER}",
         )
     if not isinstance(spec, (str, redis.Redis)):
         raise ConfigurationError("nodes", spec, "a redis:// URL or a redis.Redis client")
@@ -203,14 +245,15 @@ def make_client(url: str, timeout: float) -> "redis.Redis":
     """A client whose every wait is bounded by ``timeout`` and which never retries on its own.
 
     Retrying belongs to the lease, which knows how much validity is left; redis-py's default
-    backoff could otherwise sleep past a lease's deadline.
+    backoff could otherwise sleep past a lease's deadline. A plain URL's connections refuse a
+    Redis Cluster node (``ClusterNodeRefused``) when they connect.
     """
     options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
                                "retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
     try:
         if url.startswith(sentinel.SCHEME):  # the sentinels are asked with the same bounds
             return sentinel.master_client(sentinel.parse_sentinel_url(url), options)
-        return redis.Redis.from_url(url, **options)
+        return redis.Redis.from_url(url, redis_connect_func=_refuse_cluster, **options)
     except ValueError as exc:
         raise ConfigurationError("nodes", url, f"a redis:// URL ({exc})") from None
 

@@ -1,7 +1,9 @@
 """Checks of the Redis nodes a lease lives on: what would silently break its guarantees.
 
 ``exercise_node`` (for ``celery singleton check``) runs the library's real operations on one
-node; ``eviction_warnings`` (at start-up) reports a memory policy that can delete our keys.
+node; ``eviction_warnings`` (at start-up) reports a memory policy that can delete our keys;
+``cluster_refusals`` (both) names the nodes that are part of a Redis Cluster, which is not
+supported as a lease node.
 
 An evicting memory policy lets Redis delete a lease, a fence or a slot record when memory runs
 short: leases end early (needless elections), a fence forgets its history, a slot runs twice.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -20,10 +23,27 @@ from ... import keys
 from ...backend import Claim
 from .lease import Lease
 from .records import FencedRecords, claim_slot
-from .nodes import NodeSet
+from .nodes import ClusterNodeRefused, NodeSet, cluster_refusal, is_cluster_info
 from .quorum import describe
 
 SAFE_POLICY = "noeviction"
+
+
+def cluster_problem(label: str, client: Any) -> str | None:
+    """Why node ``label`` is refused as a Redis Cluster node, or None (also when it cannot tell)."""
+    try:
+        info = client.info("cluster")
+    except ClusterNodeRefused as exc:  # a client made from a URL refuses the node as it connects
+        return str(exc)
+    except (RedisError, OSError):  # unreachable or INFO not allowed: other checks report it
+        return None
+    return cluster_refusal(label) if is_cluster_info(info) else None
+
+
+def cluster_refusals(nodes: NodeSet) -> list[str]:
+    """One line per node that is part of a Redis Cluster."""
+    found = (cluster_problem(label, client) for label, client in zip(nodes.labels, nodes.clients))
+    return [problem for problem in found if problem is not None]
 
 
 def eviction_warnings(nodes: NodeSet) -> list[str]:
@@ -58,6 +78,9 @@ def exercise_node(nodes: NodeSet, index: int, prefix: str, timeout: float = 1.0)
     little: a user allowed only PING, or a Sentinel port, answers it.
     """
     client = nodes.clients[index]
+    refused = cluster_problem(nodes.labels[index], client)
+    if refused is not None:
+        return f"cluster: {refused}"
     single = NodeSet([client], timeout)
     name = f"check:{os.getpid()}:{secrets.token_hex(4)}"
     lease = Lease(name, single, ttl=10.0, prefix=prefix)
