@@ -152,3 +152,36 @@ def test_sigterm_during_a_publish_lets_it_finish_then_hands_over(redis_url) -> N
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         scheduler.close()
+
+
+def test_an_entry_that_cannot_be_sent_does_not_stop_the_others(redis_url, caplog) -> None:
+    """Celery wraps every send error in SchedulingError (here: arguments JSON cannot carry):
+    that entry is logged and left pending, the others go on, and the leader stays the leader."""
+    app = make_app(redis_url, beat_schedule={
+        "a-poison": {"task": "t.e", "schedule": 1.0, "args": [object()]},
+        "b-good": {"task": "t.e", "schedule": 1.0},
+    })
+    sent: list[str] = []
+
+    def record(headers=None, **_):
+        sent.append(headers["singleton_slot"])
+
+    before_task_publish.connect(record, weak=False)
+    scheduler = LeaderScheduler(app=app)
+    try:
+        deadline = time.monotonic() + 15
+        while not scheduler.is_leader and time.monotonic() < deadline:
+            scheduler.tick()
+        scheduler.tick()  # the first tick as leader takes over
+        token = scheduler._led_token
+        assert token is not None
+        while len({s for s in sent if s.startswith("beat/b-good@")}) < 3:
+            assert time.monotonic() < deadline, f"b-good should keep being sent: {sent}"
+            time.sleep(min(scheduler.tick(), 0.2))
+        good = [s for s in sent if s.startswith("beat/b-good@")]
+        assert len(good) == len(set(good)), f"each good slot once, advancing: {good}"
+        assert scheduler.is_leader and scheduler._led_token == token, "no step-down over one bad entry"
+        assert "could not send beat/a-poison@" in caplog.text
+    finally:
+        before_task_publish.disconnect(record)
+        scheduler.close()
