@@ -76,8 +76,10 @@ class LeaseProtocol(Protocol):
     def exceed(self, token: int) -> None:
         """Make later grants' tokens larger than ``token``, one a fenced resource accepted."""
     def free_in(self) -> float | None:
-        """After an acquire refused by a holder: seconds until the holder's lease ends, as the
-        store reported it (a renewal may push it back); None when the store did not say."""
+        """After an acquire refused by a holder: how long a standby may wait before trying again
+        (Redis: until the holder's lease ends, as the store reported it; etcd: a TTL while a watch
+        of the key, which wakes standbys at a release or an expiry, is healthy); None: retry at
+        the usual pace."""
     def holder(self) -> dict[str, Any] | None:
         """Who holds it now, read from the store: host, pid, id, token, ttl (s); None if nobody."""
     def on_release(self, callback: Callable[[], None]) -> Callable[[], None]:

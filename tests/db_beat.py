@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from procs import APPS, Proc, Procs
+from procs import APPS, Proc, Procs, wait_for
 from singleton_tasks import Lease
 
 TTL = 2.0
@@ -87,9 +87,11 @@ class DbBeatProject:
         return by_pid.get(holder["pid"]) if holder else None
 
     def token(self) -> int:
-        holder = self.lease.holder()
-        assert holder is not None
-        return int(holder["token"])
+        """The holder's fencing token, once recorded (a grant's first read may show no fence yet)."""
+        def recorded() -> int | None:
+            holder = self.lease.holder()
+            return int(holder["token"]) if holder is not None and holder["token"] is not None else None
+        return wait_for(recorded, 10, "the beat lease holder's token")
 
 
 @contextmanager

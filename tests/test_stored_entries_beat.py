@@ -106,7 +106,7 @@ def test_stored_entries_are_run_edited_in_place_and_survive_failover(beat: Beat)
     assert 3000 <= first_v2 - last_v1 < 3500, f"the edited entry kept its place ({first_v2 - last_v1} ms after the last)"
 
     # The leader dies: the other replica reads the stored entries and goes on.
-    token = int(beat.lease.holder()["token"])
+    token = wait_for(lambda: (h := beat.lease.holder()) is not None and h["token"], 10, "the holder's token")
     first.send(signal.SIGKILL)
     wait_for(lambda: [n for n in beat.notes("v2") if n[2] > token], TTL + 15, "the new leader running the entry")
     assert beat.leader(beats) is not first

@@ -16,7 +16,8 @@ Guarantees (Raft makes the store linearizable; no clock decides who holds the ke
   gone, or a guard that fails, drops the grant at once; errors leave it held until its old
   deadline, as for Redis.
 * A failed attempt revokes the etcd lease it granted (tooz leaks one per attempt).
-* ``on_release`` watches the key: a release *or an expiry* wakes standbys at once.
+* ``on_release`` watches the key: a release *or an expiry* wakes standbys at once, so while
+  that watch is healthy a standby tries only once a TTL (``free_in``).
 
 Not guaranteed: that a holder notices a loss before its deadline (a paused process must check
 ``held`` or present its token to a fenced resource). Takeover after a crash takes the etcd
@@ -43,6 +44,7 @@ from ...keys import lease_key
 from ...lease_base import Grant, LeaseBase
 from ...timing import validity_deadline
 from .client import EtcdClient, EtcdDenied
+from .watch import KeyWatcher
 from .wire import KV, compare_create, compare_lease, delete, get, put
 
 log = logging.getLogger("singleton_tasks.etcd.lease")
@@ -101,6 +103,7 @@ class EtcdLease(LeaseBase[_Grant]):
         self._refused: str | None = None  # the last attempt's EtcdDenied: see _denied
         self._problems: dict[str, str] = {}  # topic -> what to log when it is resolved
         self._history = (tuple(client.labels), self.key)
+        self._watchers: set[KeyWatcher] = set()  # started by on_release
 
     @property
     def unreachable(self) -> str | None:
@@ -108,8 +111,9 @@ class EtcdLease(LeaseBase[_Grant]):
         return self._unreachable
 
     def free_in(self) -> float | None:
-        """Not reported: standbys watch the key, and a release or an expiry wakes them."""
-        return None
+        """While a watch of the key is healthy, a TTL: the watch wakes standbys at a release or an
+        expiry, so an attempt a TTL is only a safety net. Else None (retry at the usual pace)."""
+        return self.ttl if any(w.healthy for w in list(self._watchers)) else None
 
     # -- network operations (acquire, renew, release: see LeaseBase) -------------------------
 
@@ -136,7 +140,13 @@ class EtcdLease(LeaseBase[_Grant]):
     def on_release(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` from a background thread whenever the key is deleted (released or
         expired). Returns a function that stops the watch; the caller must call it."""
-        return self.client.watch_deletes(self.key, callback)
+        watcher = KeyWatcher(self.client, self.key, callback).start()
+        self._watchers.add(watcher)
+
+        def stop() -> None:
+            self._watchers.discard(watcher)
+            watcher.stop()
+        return stop
 
     def close(self) -> None:
         self.release()

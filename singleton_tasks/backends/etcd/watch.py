@@ -58,8 +58,15 @@ class KeyWatcher:
         self._response: requests.Response | None = None
         self._response_lock = threading.Lock()
         self._problem: str | None = None
+        self._open = False  # a watch stream is created and has not failed since
         self._endpoint: int | None = None  # its own rotation: a failed watch moves no lease's calls
         self._thread = threading.Thread(target=self._run, name=f"etcd-watch-{key}", daemon=True)
+
+    @property
+    def healthy(self) -> bool:
+        """A stream is open (or being reopened from the last revision seen after a quiet spell):
+        a delete from now on will be heard."""
+        return self._open and not self._stop.is_set()
 
     def start(self) -> "KeyWatcher":
         self._thread.start()
@@ -88,7 +95,7 @@ class KeyWatcher:
                 start, failed = None, False
                 self._call()
             except Exception as exc:  # any failure: next endpoint, after a pause
-                failed = True
+                failed, self._open = True, False
                 if not self._stop.is_set():
                     self._report(describe(exc))
                     index = self.client.current if self._endpoint is None else self._endpoint
@@ -150,7 +157,7 @@ class KeyWatcher:
             raise LeaseError(f"watch cancelled: {reason}")
         if result.get("created"):
             self._report(None)
-            created = True
+            created = self._open = True
         for event in result.get("events", []):
             start = max(start, int(event["kv"].get("mod_revision", 0)) + 1)
             if event.get("type") == "DELETE":
