@@ -35,15 +35,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import datetime, timedelta
 from typing import Any
 
 from celery.beat import SchedulingError, Scheduler
-from celery.schedules import crontab, schedule
 from celery.signals import beat_embedded_init
 from celery.utils.time import maybe_make_aware
 
-from . import events, keys
+from . import events, keys, run_records
 from . import scheduler_hosts as hosts
 from .conf import SLOT_HEADER, TOKEN_HEADER, settings_for
 from .due_queue import DueQueue
@@ -67,10 +65,6 @@ def _remember_worker(**_: Any) -> None:
     global _embedded_in
     _embedded_in = os.getppid()
 
-
-#: A shared record whose last run is later than now by more than this (clock skew between
-#: beat hosts aside) cannot be right, and would stop its entry: it is ignored, with a warning.
-FUTURE_TOLERANCE = timedelta(seconds=60)
 
 #: How often the leader looks for changed stored entries (``celery singleton schedule``).
 STORED_POLL = 1.0
@@ -209,7 +203,7 @@ class LeaderMixin:
             if pending:
                 log.info("beat: sending slot %s that the previous leader reserved", pending)
                 if self._publish(entry, pending, token):
-                    self._confirm_later(name, self._record(entry, None))
+                    self._confirm_later(name, run_records.record_of(entry, None))
         self._flush_confirmations()
 
     def _poll_stored(self, reconcile: bool = True) -> None:
@@ -223,22 +217,6 @@ class LeaderMixin:
         if reconcile:
             self._adopt(self._host_schedule())
             self._heap = None  # the due queue is rebuilt with the new entries
-
-    def _place_stored(self, current: dict[str, Any]) -> None:
-        """Put the enabled stored entries in the host's schedule; a host's entry of the same name wins."""
-        for name in [n for n, e in current.items() if isinstance(e, hosts.StoredEntry) and n not in self._stored_specs]:
-            del current[name]  # removed or disabled in the store
-        for name, spec in self._stored_specs.items():
-            old = current.get(name)
-            if old is not None and not isinstance(old, hosts.StoredEntry):
-                if name not in self._shadowed:
-                    log.warning("beat: stored entry %s is not run: the schedule has an entry of that name", name)
-                    self._shadowed.add(name)
-                continue
-            entry = spec.to_entry(self.app, cls=hosts.StoredEntry)  # type: ignore[attr-defined]
-            if old is not None:  # an edit keeps the entry's place in its schedule
-                hosts.set_run_state(entry, old.last_run_at, old.total_run_count)
-            current[name] = entry
 
     def _step_down(self) -> None:
         """Stop at once: forget unsynced host state and the reconciled schedule."""
@@ -272,12 +250,12 @@ class LeaderMixin:
     def _adopt(self, current: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Reconcile ``current``'s entries with the shared records; returns the usable records."""
         assert self._records is not None
-        self._place_stored(current)
+        hosts.place_stored(current, self._stored_specs, self.app, self._shadowed)  # type: ignore[attr-defined]
         found = self._records.read_all()
         records = {}
         now = maybe_make_aware(self.app.now())  # type: ignore[attr-defined]  # once: there may be thousands
         for name, entry in current.items():
-            record = found.get(name) and self._usable(name, found[name], now)
+            record = found.get(name) and run_records.usable(name, found[name], now)
             if not record:
                 continue
             records[name] = record
@@ -297,23 +275,6 @@ class LeaderMixin:
     def _may_write(self) -> bool:
         lease = self._lease
         return lease is not None and self._led_token is not None and lease.token == self._led_token
-
-    def _usable(self, name: str, record: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-        """The shared record of entry ``name``, checked; None (with a warning) if it cannot be right."""
-        try:
-            last = maybe_make_aware(datetime.fromisoformat(record["last_run_at"]))
-            count = int(record["total_run_count"])
-            pending = record.get("pending")
-            if count < 0 or not (pending is None or (isinstance(pending, str) and keys.parse_slot(pending))):
-                raise ValueError("a negative run count, or a pending value that is not a slot id")
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("beat: ignoring the shared record of %s, which does not parse (%s): %.200r", name, exc, record)
-            return None
-        if last > now + FUTURE_TOLERANCE:
-            log.warning("beat: ignoring the shared record of %s: its last run %s is in the future (now %s)",
-                        name, last.isoformat(), now.isoformat())
-            return None
-        return {"last_run_at": last, "total_run_count": count, "pending": pending}
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -400,7 +361,7 @@ class LeaderMixin:
                             entry.name, self.settings.catch_up_limit)
                 streak = 0
             self._late_in_a_row[entry.name] = streak
-        return new_entry, slot if send else None, self._record(new_entry, slot if send else None)
+        return new_entry, slot if send else None, run_records.record_of(new_entry, slot if send else None)
 
     def _publish(self, entry: Any, slot: str, token: int | None, producer: Any = None) -> bool:
         """Send ``entry``'s ``slot`` with the slot and token headers; False if no longer leading."""
@@ -427,34 +388,7 @@ class LeaderMixin:
             entry.options = saved
         return True
 
-    @staticmethod
-    def _due_time(entry: Any, now: datetime) -> datetime:
-        """The nominal time of the slot being run: what makes its id the same on every leader.
-
-        Computed from ``last_run_at`` alone where the schedule allows it. ``now +
-        remaining_estimate()`` reads the clock a second time inside Celery and lands a few
-        microseconds early: a crontab slot then sits just before its boundary, and under
-        ``catch_up`` (last_run_at = due) the same occurrence is due again at once.
-        """
-        sched = entry.schedule
-        try:
-            if isinstance(sched, crontab):
-                start, delta, _ = sched.remaining_delta(entry.last_run_at)
-                return start + delta  # type: ignore[no-any-return]
-            if isinstance(sched, schedule) and not sched.relative:
-                return sched.maybe_make_aware(entry.last_run_at) + sched.run_every  # type: ignore[no-any-return]
-            remaining: timedelta = sched.remaining_estimate(entry.last_run_at)
-        except (AttributeError, NotImplementedError, TypeError):
-            return now
-        return now + remaining
-
-    @staticmethod
-    def _record(entry: Any, pending: str | None) -> dict[str, Any]:
-        return {
-            "last_run_at": maybe_make_aware(entry.last_run_at).isoformat(),
-            "total_run_count": entry.total_run_count,
-            "pending": pending,
-        }
+    _due_time = staticmethod(run_records.due_time)  # the slot's nominal time (tests call it here)
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ the leadership checks. This module is the one place that knows the hosts' intern
 * a *persistent* host keeps run state of its own in its rows (django-celery-beat's and
   sqlalchemy-celery-beat's ``ModelEntry``: an entry carrying its row as ``.model``, with the
   row's last change as ``.model.date_changed``);
+* entries stored at run time (``entries``) go in a host's schedule as ``StoredEntry``, beside its own;
 * a host's snapshot is its ``_dirty`` set of unsynced entries and its loaded ``_schedule``
   (django-celery-beat, sqlalchemy-celery-beat), or ``data`` (Celery's ``Scheduler``).
 """
@@ -15,14 +16,20 @@ the leadership checks. This module is the one place that knows the hosts' intern
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.beat import ScheduleEntry, Scheduler
 from celery.utils.time import maybe_make_aware
 from celery.utils.imports import load_extension_class_names, symbol_by_name
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .entries import EntrySpec
+
+log = logging.getLogger("singleton_tasks.beat")
 
 SETTING = "singleton_beat_scheduler"
 DEFAULT = "celery.beat:Scheduler"
@@ -59,6 +66,25 @@ class StoredEntry(ScheduleEntry):  # type: ignore[misc]
 
     def save(self) -> None:
         pass
+
+
+def place_stored(current: dict[str, Any], specs: "dict[str, EntrySpec]", app: Any, shadowed: set[str]) -> None:
+    """Put the enabled stored entries ``specs`` in a host's schedule ``current``, as
+    ``StoredEntry``; drop those no longer stored. A host's own entry of the same name wins
+    (warned once per name, remembered in ``shadowed``); an edit keeps the entry's last run."""
+    for name in [n for n, e in current.items() if isinstance(e, StoredEntry) and n not in specs]:
+        del current[name]  # removed or disabled in the store
+    for name, spec in specs.items():
+        old = current.get(name)
+        if old is not None and not isinstance(old, StoredEntry):
+            if name not in shadowed:
+                log.warning("beat: stored entry %s is not run: the schedule has an entry of that name", name)
+                shadowed.add(name)
+            continue
+        entry = spec.to_entry(app, cls=StoredEntry)
+        if old is not None:  # an edit keeps the entry's place in its schedule
+            set_run_state(entry, old.last_run_at, old.total_run_count)
+        current[name] = entry
 
 
 def row_is_later(entry: Any, recorded_run: datetime) -> bool:
