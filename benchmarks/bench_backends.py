@@ -64,7 +64,7 @@ from typing import IO, Callable, Sequence
 import redis
 from etcd3gw.lock import Lock as Etcd3gwLock
 
-from harness import markdown, version
+from harness import BenchmarkError, all_stopped, markdown, version
 from interleave import run_interleaved
 from singleton_tasks import LeaderElector, open_backend
 from singleton_tasks.backend import Backend
@@ -91,10 +91,6 @@ LISTENER_TIMEOUT = 5.0  # the standby's subscription or watch to show on the ser
 TAKEOVER_SLACK = 5.0  # beyond the TTL, for a takeover
 KILL_MARGIN = 0.1  # s kept clear of the child's renewals on either side of the kill
 HOLDER_LIFETIME = 120.0  # a holder child that is never killed exits by itself
-
-
-class BenchmarkError(RuntimeError):
-    """An operation did not succeed or a wait ran out, so a timing would mean nothing."""
 
 
 # -- the stores ----------------------------------------------------------------------------
@@ -681,10 +677,7 @@ def main(argv: Sequence[str]) -> int:
                 if now is None or now.name != store.leader:
                     print(f"note: {store.label}: the Raft leader changed during the run "
                           f"({store.leader} -> {now.name if now else 'none'})\n")
-    running = [p for group in servers for p in group if p.running]
-    if running:
-        raise BenchmarkError(f"still running after the run: {running}")
-    print(f"total time {time.monotonic() - started:.1f} s; every redis-server, etcd and holder process stopped")
+    all_stopped([str(p) for group in servers for p in group if p.running], started, "redis-server, etcd and holder")
     return 0
 
 

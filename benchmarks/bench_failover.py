@@ -66,7 +66,7 @@ from typing import Sequence
 import redis
 
 from harness import (
-    LEAD_PATTERNS, OURS, REDBEAT, SINGLEBEAT, BenchmarkError, HaSubject, Relay, RelayLoop, Spawned, begin,
+    LEAD_PATTERNS, OURS, REDBEAT, SINGLEBEAT, BenchmarkError, HaSubject, Relay, RelayLoop, Spawned, all_stopped, begin,
     bench_env, celery_children, choose, finish, group_members, ha_beat, markdown, print_preamble, proc_state,
     redis_version, spawn, stop_group, version, wait_until,
 )
@@ -523,9 +523,7 @@ def main(argv: Sequence[str]) -> int:
             if r.popen is not None and group_members(r.pid)]
     left += [f"{s.tool.key} worker" for s in sites if s.worker is not None and group_members(s.worker.pid)]
     left += [f"redis-server {s.node.port}" for s in sites if s.node.running]
-    if left:
-        raise BenchmarkError(f"still running after the run: {left}")
-    print(f"- total time {time.monotonic() - started:.1f} s; every redis-server, beat and worker process stopped")
+    all_stopped(left, started, "redis-server, beat and worker")
     return 0
 
 

@@ -57,7 +57,7 @@ import redis
 
 from harness import (
     LEAD_PATTERNS, MONITOR_HIDDEN, OURS, REDBEAT, SINGLEBEAT, BenchmarkError, HaSubject, Monitor, ProcCpu, Relay,
-    RelayLoop, Spawned, begin, celery_children, choose, finish, fmt, group_members, ha_beat, kill_groups,
+    RelayLoop, Spawned, all_stopped, begin, celery_children, choose, finish, fmt, group_members, ha_beat, kill_groups,
     machine_cpu, markdown, print_preamble, ratio, redis_version, sample_tree, spawn, thread_names, version,
     wait_until,
 )
@@ -409,9 +409,7 @@ def main(argv: Sequence[str]) -> int:
     left = [f"{r.name} (pids {group_members(r.pid)})" for r in replicas
             if r.popen is not None and group_members(r.pid)]
     left += [f"redis-server {n.port}" for n in nodes if n.running]
-    if left:
-        raise BenchmarkError(f"still running after the run: {left}")
-    print(f"- total time {time.monotonic() - started:.1f} s; every redis-server and beat process stopped")
+    all_stopped(left, started, "redis-server and beat")
     return 0
 
 

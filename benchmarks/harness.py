@@ -580,6 +580,14 @@ def begin(bench: str) -> tuple[float, Path]:
     return time.monotonic(), Path(tempfile.mkdtemp(prefix=f"bench-{bench}-"))
 
 
+def all_stopped(left: list[str], started: float, what: str) -> None:
+    """The run's last check and line: ``BenchmarkError`` naming ``left`` (processes still running
+    after ``finish``), else the total time since ``started`` and that every one of ``what`` stopped."""
+    if left:
+        raise BenchmarkError(f"still running after the run: {left}")
+    print(f"- total time {time.monotonic() - started:.1f} s; every {what} process stopped")
+
+
 def finish(tmp: Path, keep_logs: bool, nodes: Iterable[RedisNode], *close: Callable[[], None]) -> None:
     """The end of a run, whatever happened: every process group killed, ``close`` called in turn
     (monitors, relays), every redis-server in ``nodes`` removed, ``tmp`` deleted (or kept and named)."""

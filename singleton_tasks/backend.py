@@ -56,6 +56,11 @@ def parse_owner(raw: bytes | str) -> dict[str, Any] | None:
     return None
 
 
+def some_names(names: Sequence[str], shown: int = 3) -> str:
+    """``'a', 'b', 'c', ...``: the first few of a batch's names, for an error message."""
+    return ", ".join(repr(name) for name in names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 class LeaseProtocol(Protocol):
     """A named lease with fencing tokens; see the module docstring for what it guarantees."""
 

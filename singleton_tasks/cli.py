@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from . import keys
-from .backend import HOSTNAME, LeaseState
+from .backend import HOSTNAME, Backend, LeaseState
 from .conf import settings_for
 from .entries import StoredEntries
 from .errors import SingletonError
@@ -57,13 +57,13 @@ def status(ctx: click.Context, name: str | None, as_json: bool) -> None:
         states = backend.leases([name] if name is not None else None)
         if name is None and beat not in {state.name for state in states}:
             states = sorted(states + backend.leases([beat]), key=lambda state: state.name)
+        report["leases"] = [_lease_report(s.key_prefix, state) for state in states]
+        if name is None:
+            report["schedule"] = _schedule_report(ctx.obj.app, backend, s.beat_lease_name)
     except SingletonError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         backend.close()
-    report["leases"] = [_lease_report(s.key_prefix, state) for state in states]
-    if name is None:
-        report["schedule"] = _schedule_report(ctx, s.beat_lease_name)
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(_status_lines(report)))
 
 
@@ -77,16 +77,12 @@ def _lease_report(prefix: str, state: LeaseState) -> dict[str, Any]:
     }
 
 
-def _schedule_report(ctx: click.Context, schedule_name: str) -> dict[str, Any]:
+def _schedule_report(app: Any, backend: Backend, schedule_name: str) -> dict[str, Any]:
     """The beat schedule's entries as ``celery singleton schedule list --json`` shows them, with
     the records of entries in no schedule now."""
     try:
-        backend = settings_for(ctx.obj.app).open_backend()
-        try:
-            stored = StoredEntries(backend, schedule_name).all()
-            entries = entry_rows(ctx.obj.app, backend, schedule_name, stored, include_orphans=True)
-        finally:
-            backend.close()
+        stored = StoredEntries(backend, schedule_name).all()
+        entries = entry_rows(app, backend, schedule_name, stored, include_orphans=True)
     except SingletonError as exc:  # the leases are shown; the schedule's own failure is said, not raised
         return {"name": schedule_name, "entries": [], "error": str(exc)}
     return {"name": schedule_name, "entries": entries, "error": None}

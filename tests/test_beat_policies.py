@@ -12,6 +12,7 @@ from celery.beat import ScheduleEntry
 from celery.schedules import crontab, schedule
 from celery.signals import before_task_publish
 
+from publishing import published, tick_until
 from singleton_tasks import LeaderScheduler, settings_for
 
 UTC = timezone.utc
@@ -161,27 +162,21 @@ def test_an_entry_that_cannot_be_sent_does_not_stop_the_others(redis_url, caplog
         "a-poison": {"task": "t.e", "schedule": 1.0, "args": [object()]},
         "b-good": {"task": "t.e", "schedule": 1.0},
     })
-    sent: list[str] = []
-
-    def record(headers=None, **_):
-        sent.append(headers["singleton_slot"])
-
-    before_task_publish.connect(record, weak=False)
     scheduler = LeaderScheduler(app=app)
     try:
-        deadline = time.monotonic() + 15
-        while not scheduler.is_leader and time.monotonic() < deadline:
-            scheduler.tick()
-        scheduler.tick()  # the first tick as leader takes over
-        token = scheduler._led_token
-        assert token is not None
-        while len({s for s in sent if s.startswith("beat/b-good@")}) < 3:
-            assert time.monotonic() < deadline, f"b-good should keep being sent: {sent}"
-            time.sleep(min(scheduler.tick(), 0.2))
-        good = [s for s in sent if s.startswith("beat/b-good@")]
-        assert len(good) == len(set(good)), f"each good slot once, advancing: {good}"
+        with published() as sent:
+            tick_until(scheduler, lambda: scheduler._led_token is not None, 15, "the scheduler to lead")
+            token = scheduler._led_token
+
+            def good() -> list[str]:
+                return [h["singleton_slot"] for h in sent if h["singleton_slot"].startswith("beat/b-good@")]
+
+            deadline = time.monotonic() + 15
+            while len(set(good())) < 3:
+                assert time.monotonic() < deadline, f"b-good should keep being sent: {sent}"
+                time.sleep(min(scheduler.tick(), 0.2))
+        assert len(good()) == len(set(good())), f"each good slot once, advancing: {good()}"
         assert scheduler.is_leader and scheduler._led_token == token, "no step-down over one bad entry"
         assert "could not send beat/a-poison@" in caplog.text
     finally:
-        before_task_publish.disconnect(record)
         scheduler.close()

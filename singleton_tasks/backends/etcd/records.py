@@ -30,7 +30,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ...backend import SLOT_MEMORY, Claim, ClaimResult, LeaseProtocol
+from ...backend import SLOT_MEMORY, Claim, ClaimResult, LeaseProtocol, some_names
 from ...errors import LeaseError, LeaseLost, StaleToken, foreign_value
 from ...keys import beat_lease_name, lease_key, schedule_key, slots_key
 from .client import EtcdClient, EtcdNotFound
@@ -66,7 +66,7 @@ class EtcdRecords:
             answer = self.client.txn([compare_create(self.lease_key, token)], puts, [get(self.lease_key)])
             if answer.succeeded:
                 continue
-            what = ", ".join(repr(name) for name, _ in chunk[:3]) + (", ..." if len(chunk) > 3 else "")
+            what = some_names([name for name, _ in chunk])
             holder = answer.kv(0)
             if holder is None:
                 raise LeaseLost(f"fenced write of {what} refused: nobody holds {self.lease_key}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from ...backend import SLOT_MEMORY, Claim, ClaimResult
+from ...backend import SLOT_MEMORY, Claim, ClaimResult, some_names
 from ...errors import LeaseError, StaleToken
 from .nodes import NodeSet, Script
 from .quorum import Tally, tally
@@ -56,8 +56,9 @@ class FencedRecords:
         """
         items = list(records.items())
         for start in range(0, len(items), WRITE_CHUNK):
+            chunk = items[start:start + WRITE_CHUNK]
             args: list[Any] = [token]
-            for name, record in items[start:start + WRITE_CHUNK]:
+            for name, record in chunk:
                 args += [name, json.dumps({**record, "token": token}, sort_keys=True)]
             replies = self.nodes.run_script(FENCED_HSET, [self.key], args)
             counted = tally(replies, lambda r: isinstance(r, list) and r[0] == 1)
@@ -65,7 +66,7 @@ class FencedRecords:
             if stale:
                 raise StaleToken(token, max(stale))
             if not counted.reached:
-                names = ", ".join(repr(n) for n, _ in items[start:start + 3]) + (", ..." if len(items) > 3 else "")
+                names = some_names([name for name, _ in chunk])
                 raise LeaseError(f"fenced write of {names} to {self.key} not done: {counted.summary(self.nodes.labels)}")
 
     def read_all(self) -> dict[str, dict[str, Any]]:
