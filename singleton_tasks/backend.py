@@ -117,6 +117,11 @@ class EntriesProtocol(Protocol):
     def get(self, name: str) -> str | None: ...
     def all(self) -> tuple[int, dict[str, str]]: ...
     def version(self) -> int: ...
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` from a background thread soon after each change, by any process,
+        and whenever a change may have gone unheard (a connection that came back); returns the
+        function that stops it, which the caller must call. Only a hint to look (``version``):
+        a store may drop an announcement, so a poller still polls, rarely."""
 
 
 #: How many recent slots of one entry every backend remembers to tell a duplicate delivery

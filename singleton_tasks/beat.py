@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from celery.beat import SchedulingError, Scheduler
 from celery.signals import beat_embedded_init
@@ -66,8 +66,11 @@ def _remember_worker(**_: Any) -> None:
     _embedded_in = os.getppid()
 
 
-#: How often the leader looks for changed stored entries (``celery singleton schedule``).
+#: How often the leader looks for changed stored entries (``celery singleton schedule``) when
+#: the store cannot announce changes; when it can, it looks at each announcement, and this
+#: often in case one was lost (STORED_SAFETY_POLL).
 STORED_POLL = 1.0
+STORED_SAFETY_POLL = 30.0
 
 #: Entries sent per tick at most: a burst of due entries is reserved in writes of this many.
 BATCH = 500
@@ -94,6 +97,8 @@ class LeaderMixin:
         self._stored: StoredEntries | None = None
         self._stored_specs: dict[str, EntrySpec] = {}  # enabled stored entries, as last polled
         self._next_poll = 0.0  # monotonic time of the next look at the stored entries
+        self._stored_changed = False  # set by the store's announcement (another thread)
+        self._stop_hearing: Callable[[], None] | None = None  # stops hearing the announcements
         self._shadowed: set[str] = set()  # stored names a static entry hides (warned once)
         self._backend: Backend | None = None
         self._lease: LeaseProtocol | None = None
@@ -157,7 +162,7 @@ class LeaderMixin:
             with stop_signals_held():  # a stop waits for the publish in flight
                 if token != self._led_token:
                     self._take_over(token)
-                elif time.monotonic() >= self._next_poll - STORED_POLL / 2:
+                elif self._stored_changed or time.monotonic() >= self._next_poll - STORED_POLL / 2:
                     self._poll_stored()  # early rather than on a wake-up of its own
                 delay = self._dispatch()
                 if self._unconfirmed and time.monotonic() >= self._confirm_by:
@@ -189,6 +194,7 @@ class LeaderMixin:
         self._late_in_a_row.clear()
         self._taking_over = True
         try:
+            self._hear_stored_changes()
             self._poll_stored(reconcile=False)
             super().setup_schedule()  # type: ignore[misc]  # a database host writes its static entries: leader only
             current = self._host_schedule()
@@ -206,10 +212,23 @@ class LeaderMixin:
                     self._confirm_later(name, run_records.record_of(entry, None))
         self._flush_confirmations()
 
+    def _hear_stored_changes(self) -> None:
+        """Listen for the store's announcements of stored-entry changes, once per process."""
+        if self._stop_hearing is not None or self._stored is None:
+            return
+        try:
+            self._stop_hearing = self._stored.on_change(self._note_stored_change)
+        except Exception as exc:  # only an optimisation: the poll still finds every change
+            log.warning("beat: cannot hear changes to stored entries (%s); looking every %gs", exc, STORED_POLL)
+
+    def _note_stored_change(self) -> None:
+        self._stored_changed = True  # picked up at the next wake-up (at least one per renewal)
+
     def _poll_stored(self, reconcile: bool = True) -> None:
-        """Pick up stored entries that changed (one round trip when none did), at most every STORED_POLL s."""
+        """Pick up stored entries that changed (one round trip when none did)."""
         assert self._stored is not None
-        self._next_poll = time.monotonic() + STORED_POLL
+        self._stored_changed = False  # before the read: a change announced during it is read again
+        self._next_poll = time.monotonic() + (STORED_SAFETY_POLL if self._stop_hearing else STORED_POLL)
         specs = self._stored.poll()
         if specs is None:
             return
@@ -405,6 +424,9 @@ class LeaderMixin:
             was_leader = elector.is_leader
             elector.stop(release=True)
             log.info("beat: %s", "released the beat lease" if was_leader else "stopped campaigning")
+        stop_hearing, self._stop_hearing = self._stop_hearing, None
+        if stop_hearing is not None:
+            stop_hearing()
         backend, self._backend = self._backend, None
         if backend is not None:
             backend.close()

@@ -292,6 +292,12 @@ class StoredEntries:
     def version(self) -> int:
         return self.store.version()
 
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` from a background thread soon after any process changes the entries
+        (a hint to ``poll``; see ``backend.EntriesProtocol.on_change``); returns the function
+        that stops it, which the caller must call."""
+        return self.store.on_change(callback)
+
     def poll(self) -> dict[str, EntrySpec] | None:
         """Every entry (as ``all``) when the store changed since the last poll, else None.
 

@@ -13,7 +13,8 @@ With the default prefix ``singleton:``:
   entries stored at run time (``celery singleton schedule``) and the number that changes with
   every change to them. On Redis the first is a hash (entry -> JSON) and the second a counter;
   on etcd each entry is a key ``singleton:{beat:NAME}:entries/ENTRY`` and the version is the
-  version key's mod revision.
+  version key's mod revision. On Redis, every change is announced on the channel
+  ``singleton:{beat:NAME}:entries:changed``; on etcd a watch of the version key hears it.
 * ``singleton:{slots:SCHEDULE/ENTRY}`` - the recent slots of one schedule entry that singleton
   tasks have run, bounded in size.
 
@@ -60,6 +61,11 @@ def entries_key(prefix: str, schedule: str) -> str:
 def entries_version_key(prefix: str, schedule: str) -> str:
     """What changes with every change to ``entries_key(prefix, schedule)``: one read tells a poller."""
     return f"{prefix}{{{beat_lease_name(schedule)}}}:entries:version"
+
+
+def entries_channel(prefix: str, schedule: str) -> str:
+    """The Redis channel that announces each change to ``entries_key(prefix, schedule)``."""
+    return f"{prefix}{{{beat_lease_name(schedule)}}}:entries:changed"
 
 
 def slot_id(schedule: str, entry: str, due_ms: int) -> str:

@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import pickle
+import threading
+import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
@@ -26,6 +28,8 @@ from singleton_tasks import keys
 from singleton_tasks.backend import Backend
 from singleton_tasks.backends import parse_urls
 from singleton_tasks.entries import parse_duration
+
+from procs import wait_for
 
 STORES = ["redis-1", "redis-3", "etcd-1"]
 
@@ -237,6 +241,47 @@ def test_hostile_stored_values_are_ignored_with_a_warning(backend: Backend, capl
     with pytest.raises(InvalidEntry, match="evil"):
         entries.get("evil")
     assert entries.remove("evil"), "and an operator can remove it"
+
+
+def test_every_change_by_another_process_is_announced(backend: Backend, store_url) -> None:
+    """What lets a leader look at its stored entries only when they change (beat.STORED_SAFETY_POLL)."""
+    heard: list[float] = []
+    each = len(backend.labels) if isinstance(store_url, list) else 1  # every Redis node announces
+    stop = StoredEntries(backend, "contract").on_change(lambda: heard.append(time.monotonic()))
+    other = open_backend(parse_urls("singleton_backend_url", store_url), timeout=1.0)
+    try:
+        entries = StoredEntries(other, "contract")
+        changes = [lambda: entries.add(spec("report")), lambda: entries.add(spec("report", every=20)),
+                   lambda: entries.disable("report"), lambda: entries.remove("report")]
+        for count, change in enumerate(changes, 1):
+            change()
+            wait_for(lambda: len(heard) >= count * each, 5, f"change {count} announced")
+        assert entries.remove("report") is False
+        StoredEntries(other, "elsewhere").add(spec("report"))  # another schedule's entries
+        entries.add(spec("last"))
+        wait_for(lambda: len(heard) >= 5 * each, 5, "the last change announced")
+        assert len(heard) == 5 * each, "a removal of nothing and another schedule's change announce nothing here"
+    finally:
+        stop()
+        other.close()
+    entries.add(spec("after"))
+    assert not [t for t in threading.enumerate() if "entries" in t.name or "watch" in t.name], "stop() ends it"
+
+
+def test_a_redis_listener_calls_back_when_its_node_comes_back(redis_nodes_factory) -> None:
+    """Redis forgets announcements sent while a listener is cut off, so its return is one."""
+    nodes = redis_nodes_factory(1)
+    backend = open_backend(nodes.urls, timeout=0.5)
+    heard: list[float] = []
+    stop = StoredEntries(backend, "beat").on_change(lambda: heard.append(time.monotonic()))
+    try:
+        nodes[0].restart()
+        wait_for(lambda: heard, 10, "a call back after the reconnection")
+        StoredEntries(backend, "beat").add(spec("report"))
+        wait_for(lambda: len(heard) >= 2, 5, "a change heard on the new connection: it resubscribed")
+    finally:
+        stop()
+        backend.close()
 
 
 # -- Redis quorum -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from singleton_tasks.backends import parse_urls
 
 TTL = 2.0
 START_TIMEOUT = 60.0
-#: A change is picked up at the leader's next poll (STORED_POLL, 1 s); a 1 s entry then runs
+#: A change is announced and picked up at the leader's next wake-up (at most TTL/3); a 1 s entry then runs
 #: one period later; the rest is this 2-core machine's scheduling and the CLI's own start-up.
 PICKUP = 1.0 + 1.0 + 2.0  # a 3 s entry's first run: PICKUP + 2
 

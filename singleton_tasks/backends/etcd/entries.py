@@ -5,15 +5,16 @@ text as given. Beside them, ``keys.entries_version_key`` is written in the same 
 change, so its mod revision (etcd's cluster-wide revision of the last change) is the version:
 it rises with every change, and one range request reads it. ``all()`` reads the entries and
 the version key in one Txn, so both are as of one revision. etcd is linearizable: a change
-that returned is seen by every later read.
+that returned is seen by every later read. ``on_change`` watches the version key.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ...keys import entries_key, entries_version_key
 from .client import EtcdClient
+from .watch import KeyWatcher
 from .wire import KV, b64, delete, get, prefix_end, put
 
 
@@ -50,3 +51,10 @@ class EtcdEntries:
     def version(self) -> int:
         kv, _ = self.client.range(self.version_key)
         return kv.mod_revision if kv else 0
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        # From the revision after now, read here: a change made once this returned is heard. A
+        # watch resumes from the last revision it saw, so only a compaction (which calls
+        # on_delete) can hide a change from it.
+        start = self.client.range(self.version_key)[1] + 1
+        return KeyWatcher(self.client, self.version_key, callback, start, on_put=lambda _kv: callback()).start().stop

@@ -1,6 +1,6 @@
-"""Watching one key for deletes (a release or an expiry), through etcd's gateway, robustly.
+"""Watching one key for deletes (a release or an expiry) and writes, through etcd's gateway, robustly.
 
-Guarantees: ``KeyWatcher`` calls back on each DELETE of a key, restarting its watch after
+Guarantees: ``KeyWatcher`` calls back on each DELETE of a key (and, when asked, each PUT), restarting its watch after
 errors, after a server-side cancel and after ``WATCH_IDLE`` seconds of silence (etcd3gw's own
 watch blocks forever on a paused or dead member and drops a server cancel without a word). It
 never spins: a failed or short-lived watch waits a jittered ``WATCH_PAUSE`` before the next.
@@ -20,7 +20,7 @@ import requests
 
 from ...errors import LeaseError
 from ...timing import jittered
-from .wire import TOKEN_ERRORS, b64, describe
+from .wire import KV, TOKEN_ERRORS, b64, describe
 
 if TYPE_CHECKING:
     from .client import EtcdClient
@@ -38,7 +38,8 @@ class _Compacted(Exception):
 
 
 class KeyWatcher:
-    """A thread that calls ``on_delete`` after each DELETE event of ``key`` (a release or an expiry).
+    """A thread that calls ``on_delete`` after each DELETE event of ``key`` (a release or an expiry)
+    and ``on_put`` (if given) with the key as written after each PUT event.
 
     Shape: ``while not stopped``: open a watch from the revision after the last event seen, read
     until it fails, is cancelled or stays silent ``WATCH_IDLE`` s, then open it again; a failure
@@ -46,13 +47,15 @@ class KeyWatcher:
     that ended sooner than that, so a member that accepts and drops connections cannot make it
     spin. After a compaction a delete may have been missed, so ``on_delete`` is called once:
     a spurious wake-up only makes a standby try. ``stop()`` cuts the open stream and joins.
+    Callbacks run in the watch's thread, one at a time, in the order of the events.
     """
 
     def __init__(self, client: EtcdClient, key: str, on_delete: Callable[[], None],
-                 start_revision: int | None = None) -> None:
+                 start_revision: int | None = None, on_put: Callable[[KV], None] | None = None) -> None:
         self.client = client
         self.key = key
         self.on_delete = on_delete
+        self.on_put = on_put
         self._start = start_revision
         self._stop = threading.Event()
         self._response: requests.Response | None = None
@@ -93,7 +96,7 @@ class KeyWatcher:
             except _Compacted:
                 log.info("etcd: watch of %s: history compacted; waking the listener once", self.key)
                 start, failed = None, False
-                self._call()
+                self._call(self.on_delete)
             except Exception as exc:  # any failure: next endpoint, after a pause
                 failed, self._open = True, False
                 if not self._stop.is_set():
@@ -161,12 +164,14 @@ class KeyWatcher:
         for event in result.get("events", []):
             start = max(start, int(event["kv"].get("mod_revision", 0)) + 1)
             if event.get("type") == "DELETE":
-                self._call()
+                self._call(self.on_delete)
+            elif self.on_put is not None:  # proto3 JSON leaves the default type, PUT, out
+                self._call(self.on_put, KV.parse(event["kv"]))
         return start, created
 
-    def _call(self) -> None:
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
         try:
-            self.on_delete()
+            callback(*args)
         except Exception:  # a raising listener must not end the watch
             log.exception("etcd: watch of %s: the listener raised; carrying on", self.key)
 

@@ -19,6 +19,8 @@ Guarantees, without any clock:
   seen. Any majority meets the majority of every change that counted, so it sees that change
   or a newer one.
 * ``version()`` is one script on every node, sent to all before any reply is read: one round trip.
+* Every node that applies a change announces it on ``keys.entries_channel``; ``on_change``
+  listens on every node (``channels``).
 
 A value in our keys that this library did not write (a counter that is not a number, a record
 that is not ours) is reported with a WARNING naming key and node (once per value: a poller reads
@@ -29,16 +31,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from ...errors import LeaseError, MalformedLeaseValue
+from . import channels
 from .nodes import NodeSet, Script
 from .quorum import tally
 
 log = logging.getLogger("singleton_tasks.entries")
 
-#: KEYS: entries hash, version counter.  ARGV: version V, entry name, record JSON.
-#: Returns {1, V} when written, {0, counter} when the node's counter is already at V or above,
+#: KEYS: entries hash, version counter.  ARGV: version V, entry name, record JSON, channel.
+#: Returns {1, V} when written (and announced on the channel), {0, counter} when the node's counter is already at V or above,
 #: {-1, counter} when the counter holds a value this library did not write (left as it is).
 PUT = Script(
     """
@@ -51,6 +54,7 @@ end
 if now >= tonumber(ARGV[1]) then return {0, raw} end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[2])
 return {1, ARGV[1]}
 """
 )
@@ -68,10 +72,11 @@ RACE_RETRIES = 5
 class RedisEntries:
     """``backend.EntriesProtocol`` over a ``NodeSet``; see the module docstring."""
 
-    def __init__(self, nodes: NodeSet, key: str, version_key: str) -> None:
+    def __init__(self, nodes: NodeSet, key: str, version_key: str, channel: str) -> None:
         self.nodes = nodes
         self.key = key
         self.version_key = version_key
+        self.channel = channel
         self._reported: set[str] = set()  # foreign values already logged
 
     def put(self, name: str, text: str) -> int:
@@ -108,13 +113,17 @@ class RedisEntries:
         replies = self._majority(VERSION, [self.version_key], "version read")
         return max((v for node, raw in replies.items() if (v := self._counter(node, raw)) is not None), default=0)
 
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return channels.listen(self.nodes.clients, self.channel, callback, f"entries-listener-{self.key}")
+
     # -- internals ---------------------------------------------------------------------------
 
     def _change(self, name: str, body: dict[str, Any]) -> int:
         version = self.version() + 1
         for _ in range(RACE_RETRIES):
             record = json.dumps({"version": version, **body}, sort_keys=True)
-            replies = self.nodes.run_script(PUT, [self.key, self.version_key], [version, name, record])
+            replies = self.nodes.run_script(PUT, [self.key, self.version_key],
+                                            [version, name, record, self.channel])
             replies = [self._foreign(i, r) for i, r in enumerate(replies)]
             counted = tally(replies, lambda r: r[0] == 1)
             if counted.reached:

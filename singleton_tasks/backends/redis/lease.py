@@ -28,10 +28,8 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from redis.client import PubSub
-from redis.exceptions import RedisError
 
-from . import scripts
+from . import channels, scripts
 from ... import events, keys
 from ...backend import LeaseState, NodeLease, new_owner, parse_owner
 from ...clock import Clock, monotonic
@@ -181,30 +179,12 @@ class Lease(LeaseBase[Grant]):
                          ttl=pttl / 1000.0 if int(pttl) >= 0 else None)
 
     def on_release(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` (from a background thread) whenever a holder releases the lease.
+        """Call ``callback`` (from a background thread) whenever a holder releases the lease, and
+        after a node's connection came back (a release may have been missed meanwhile).
 
         Returns a function that stops listening; the caller must call it.
         """
-        stopping = threading.Event()
-        listeners: list[tuple[threading.Thread, PubSub]] = []
-        for client in self.nodes.clients:
-            pubsub: PubSub = client.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(**{self.channel: lambda _message: callback()})
-            thread = threading.Thread(target=_listen, args=(pubsub, stopping), daemon=True,
-                                      name=f"release-listener-{self.name}")
-            thread.start()
-            listeners.append((thread, pubsub))
-
-        def stop() -> None:
-            stopping.set()
-            for _, pubsub in listeners:
-                if pubsub.connection is not None:
-                    pubsub.connection.disconnect()  # wakes a listener blocked in its read at once
-            for thread, pubsub in listeners:
-                thread.join(timeout=2)
-                pubsub.close()
-
-        return stop
+        return channels.listen(self.nodes.clients, self.channel, callback, f"release-listener-{self.name}")
 
     def close(self) -> None:
         """Release the lease if held and drop the connections it opened (not a shared NodeSet's)."""
@@ -414,23 +394,3 @@ class Lease(LeaseBase[Grant]):
             return True
         log.debug("lease %s: node %s still: %s", self.name, label, problem)
         return False
-
-
-#: How long one read of a release listener blocks: it wakes for a message at once, and
-#: otherwise only this often (a poll every 0.2 s was most of an idle standby's CPU).
-LISTEN_BLOCK = 30.0
-
-
-def _listen(pubsub: PubSub, stopping: threading.Event) -> None:
-    """A release listener's loop: a blocking read, until ``stopping`` (its socket is then closed)."""
-    while not stopping.is_set():
-        try:
-            pubsub.get_message(timeout=LISTEN_BLOCK)  # the subscription's handler does the work
-        except Exception as exc:
-            if stopping.is_set():
-                return  # our own close at stop() ended the read: whatever it raised is expected
-            if not isinstance(exc, (RedisError, OSError)):  # never silent: a listener that stops says so
-                log.error("release listener stopped: %r", exc)
-                return
-            log.debug("release listener: %s", exc)  # a node that went away: the next read reconnects
-            stopping.wait(0.5)  # a dead node must not turn the loop into a busy spin
