@@ -57,4 +57,5 @@ class EtcdEntries:
         # watch resumes from the last revision it saw, so only a compaction (which calls
         # on_delete) can hide a change from it.
         start = self.client.range(self.version_key)[1] + 1
-        return KeyWatcher(self.client, self.version_key, callback, start, on_put=lambda _kv: callback()).start().stop
+        watcher = KeyWatcher(self.client, self.version_key, callback, start, on_put=lambda _kv: callback())
+        return watcher.start().stop

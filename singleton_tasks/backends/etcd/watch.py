@@ -1,10 +1,11 @@
 """Watching one key for deletes (a release or an expiry) and writes, through etcd's gateway, robustly.
 
-Guarantees: ``KeyWatcher`` calls back on each DELETE of a key (and, when asked, each PUT), restarting its watch after
-errors, after a server-side cancel and after ``WATCH_IDLE`` seconds of silence (etcd3gw's own
-watch blocks forever on a paused or dead member and drops a server cancel without a word). It
-never spins: a failed or short-lived watch waits a jittered ``WATCH_PAUSE`` before the next.
-A failing watch moves to another endpoint on its own, never moving the client's other calls.
+Guarantees: ``KeyWatcher`` calls back on each DELETE of a key (and, when asked, each PUT),
+restarting its watch after errors, after a server-side cancel and after ``WATCH_IDLE`` seconds
+of silence (etcd3gw's own watch blocks forever on a paused or dead member and drops a server
+cancel without a word). It never spins: a failed or short-lived watch waits a jittered
+``WATCH_PAUSE`` before the next. A failing watch moves to another endpoint on its own, never
+moving the client's other calls.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ class RedisBackend:
 
     def entries(self, schedule: str) -> RedisEntries:
         return RedisEntries(self.nodes, keys.entries_key(self.prefix, schedule),
-                            keys.entries_version_key(self.prefix, schedule), keys.entries_channel(self.prefix, schedule))
+                            keys.entries_version_key(self.prefix, schedule),
+                            keys.entries_channel(self.prefix, schedule))
 
     def claim_slot(self, lease: LeaseProtocol, entry: str, due_ms: int, attempt: int,
                    memory: float) -> ClaimResult:

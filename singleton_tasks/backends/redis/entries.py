@@ -41,8 +41,8 @@ from .quorum import tally
 log = logging.getLogger("singleton_tasks.entries")
 
 #: KEYS: entries hash, version counter.  ARGV: version V, entry name, record JSON, channel.
-#: Returns {1, V} when written (and announced on the channel), {0, counter} when the node's counter is already at V or above,
-#: {-1, counter} when the counter holds a value this library did not write (left as it is).
+#: Returns {1, V} when written (and announced on the channel), {0, counter} when the node's
+#: counter is already at V or above, {-1, counter} when the counter holds a value this library did not write (left as it is).
 PUT = Script(
     """
 local raw = redis.call('GET', KEYS[2])

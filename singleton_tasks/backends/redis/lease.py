@@ -28,7 +28,6 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-
 from . import channels, scripts
 from ... import events, keys
 from ...backend import LeaseState, NodeLease, new_owner, parse_owner
