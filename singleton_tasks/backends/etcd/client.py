@@ -138,7 +138,13 @@ class EtcdClient:
 
     def time_to_live(self, lease: int) -> int:
         """Seconds an etcd lease has left, -1 when it is gone."""
-        return int(self.post("timetolive", "lease/timetolive", {"ID": str(lease)}).get("TTL", -1))
+        return self.lease_ttls(lease)[0]
+
+    def lease_ttls(self, lease: int) -> tuple[int, int]:
+        """An etcd lease's seconds left and the TTL it was granted with; ``(-1, -1)`` when it is gone."""
+        answer = self.post("timetolive", "lease/timetolive", {"ID": str(lease)})
+        left = int(answer.get("TTL", -1))
+        return (left, int(answer.get("grantedTTL", -1))) if left >= 0 else (-1, -1)
 
     def revoke(self, lease: int) -> None:
         """Drop an etcd lease and delete its keys; one already gone is fine."""

@@ -16,16 +16,24 @@ Guarantees (Raft makes the store linearizable; no clock decides who holds the ke
   gone, or a guard that fails, drops the grant at once; errors leave it held until its old
   deadline, as for Redis.
 * A failed attempt revokes the etcd lease it granted (tooz leaks one per attempt).
-* ``on_release`` watches the key: a release *or an expiry* wakes standbys at once, so while
-  that watch is healthy a standby tries only once a TTL (``free_in``).
+* ``on_release`` watches the key: a release *or an expiry* wakes standbys at once, and each
+  renewal the watch shows (a new mod revision) tells a standby when that holder's validity
+  ends at the latest: the holder's granted TTL after the standby saw the write (``free_in``).
+  While the watch is healthy a standby asks the cluster nothing before then.
+* Takeover of a holder that stopped renewing: once that much time has passed on the standby's
+  clock, it deletes the key in a Txn guarded by the create *and* mod revision it saw, so a
+  holder that renewed meanwhile is never touched, then acquires as usual. Every renewal started
+  before its write was seen and counts at most ``ttl`` minus ``timing.clock_drift``, so this
+  assumes only what ``held`` does: clocks that run at rates within that margin of each other.
+  Fencing tokens stay clock-free.
 
 Not guaranteed: that a holder notices a loss before its deadline (a paused process must check
-``held`` or present its token to a fenced resource). Takeover after a crash takes the etcd
-lease's remaining TTL (``ceil(ttl)``, at least etcd's minimum, about 1.5 election timeouts)
-plus up to 0.5 s (the lessor checks expiry twice a second). An etcd leader change renews every
-lease to its full TTL, so during member churn a failover can take up to about 2 x TTL: safe,
-never shorter. Every renewal writes one revision of the key: run etcd with auto-compaction
-(``--auto-compaction-retention``), or its history grows until the space quota.
+``held`` or present its token to a fenced resource). Without a healthy watch, a crashed holder
+is taken over at the standby's next attempt after that time, or when etcd expires its lease
+(``ceil(ttl)``, at least etcd's minimum, plus up to 0.5 s: the lessor checks expiry twice a
+second; an etcd leader change renews every lease to its full TTL). Every renewal writes one
+revision of the key: run etcd with auto-compaction (``--auto-compaction-retention``), or its
+history grows until the space quota.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from ...lease_base import Grant, LeaseBase
 from ...timing import validity_deadline
 from .client import EtcdClient, EtcdDenied
 from .watch import KeyWatcher
-from .wire import KV, compare_create, compare_lease, delete, get, put
+from .wire import KV, compare_create, compare_lease, compare_mod, delete, get, put
 
 log = logging.getLogger("singleton_tasks.etcd.lease")
 
@@ -84,6 +92,21 @@ class _Grant(Grant):
     lease_id: int  # the etcd lease the key is attached to
 
 
+@dataclass(frozen=True)
+class _Sighting:
+    """Another holder's key as a standby last saw it written, and when (the standby's clock)."""
+
+    create: int
+    mod: int
+    lease_id: int
+    seen: float  # taken after the write was seen, so after that renewal started
+    granted: int | None  # the TTL the holder's etcd lease was granted with; None: unknown
+
+    def free_at(self) -> float | None:
+        """The instant the holder's validity has surely ended, if it does not renew again."""
+        return None if self.granted is None else self.seen + self.granted
+
+
 class EtcdLease(LeaseBase[_Grant]):
     """A named lease held by at most one owner at a time; see the module docstring (and
     ``lease_base`` for the checks, the local state and the flow it shares with other stores).
@@ -104,6 +127,9 @@ class EtcdLease(LeaseBase[_Grant]):
         self._problems: dict[str, str] = {}  # topic -> what to log when it is resolved
         self._history = (tuple(client.labels), self.key)
         self._watchers: set[KeyWatcher] = set()  # started by on_release
+        self._sighting: _Sighting | None = None  # replaced whole, from this thread or a watch
+        self._sighting_lock = threading.Lock()
+        self._deletions = 0  # deletes the watch heard: an answer sent before one may be stale
 
     @property
     def unreachable(self) -> str | None:
@@ -111,9 +137,18 @@ class EtcdLease(LeaseBase[_Grant]):
         return self._unreachable
 
     def free_in(self) -> float | None:
-        """While a watch of the key is healthy, a TTL: the watch wakes standbys at a release or an
-        expiry, so an attempt a TTL is only a safety net. Else None (retry at the usual pace)."""
-        return self.ttl if any(w.healthy for w in list(self._watchers)) else None
+        """While a watch of the key is healthy: seconds until the holder last seen renewing can no
+        longer hold the lease, or a TTL when that is unknown (the watch wakes standbys at a
+        release or an expiry; an attempt a TTL is a safety net). Else, and once that moment has
+        passed without a take-over (the cluster did not answer), None: the usual pace."""
+        if not self._watching():
+            return None
+        sighting = self._sighting
+        free_at = sighting.free_at() if sighting is not None else None
+        if free_at is None:
+            return self.ttl
+        left = free_at - self._clock()
+        return left if left > 0 else None
 
     # -- network operations (acquire, renew, release: see LeaseBase) -------------------------
 
@@ -140,7 +175,13 @@ class EtcdLease(LeaseBase[_Grant]):
     def on_release(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` from a background thread whenever the key is deleted (released or
         expired). Returns a function that stops the watch; the caller must call it."""
-        watcher = KeyWatcher(self.client, self.key, callback).start()
+        def deleted() -> None:
+            with self._sighting_lock:
+                self._deletions += 1
+                self._sighting = None
+            callback()
+
+        watcher = KeyWatcher(self.client, self.key, deleted, on_put=self._saw_put).start()
         self._watchers.add(watcher)
 
         def stop() -> None:
@@ -186,6 +227,57 @@ class EtcdLease(LeaseBase[_Grant]):
         """Delete the key if it is still ours, then revoke the etcd lease."""
         self._drop(grant.token, grant.lease_id)
 
+    def _watching(self) -> bool:
+        return any(w.healthy for w in list(self._watchers))
+
+    @_acting
+    def _saw_put(self, kv: KV) -> None:
+        self._see(kv, self._clock(), self._deletions)
+
+    def _see(self, kv: KV | None, seen: float, deletions: int) -> None:
+        """Remember another holder's key as written before ``seen``, read by a request sent when
+        the watch had heard ``deletions`` deletes (a read sent before a delete was heard may
+        show the deleted key: it is ignored). Only a sighting can lead to a delete, so none is
+        kept of a gone key, our own, one without an etcd lease or one holding a value this
+        library never writes."""
+        grant = self._grant
+        if (kv is None or not kv.lease or parse_owner(kv.value) is None
+                or (grant is not None and kv.lease == grant.lease_id)):
+            self._sighting = None
+            return
+        old = self._sighting
+        if old is not None and kv.mod_revision <= old.mod:
+            return  # a write heard again or late: the earlier sighting of it stands
+        granted = old.granted if old is not None and old.lease_id == kv.lease else None
+        if granted is None:
+            try:
+                granted = self.client.lease_ttls(kv.lease)[1]
+            except LeaseError as exc:
+                log.debug("lease %s: could not read etcd lease %x's TTL (%s)", self.name, kv.lease, exc)
+        with self._sighting_lock:  # the watch and an attempt may both see: the newest write wins
+            old = self._sighting
+            if deletions == self._deletions and (old is None or kv.mod_revision > old.mod):
+                self._sighting = _Sighting(kv.create_revision, kv.mod_revision, kv.lease, seen,
+                                           granted if granted is not None and granted > 0 else None)
+
+    def _clear_stale_holder(self, deletions: int) -> None:
+        """Delete the sighted holder's key once its validity has surely ended, if the key is
+        still as seen (the holder renewed otherwise: the sighting is refreshed instead)."""
+        sighting = self._sighting
+        free_at = sighting.free_at() if sighting is not None else None
+        if sighting is None or free_at is None or self._clock() < free_at:
+            return
+        answer = self.client.txn([compare_create(self.key, sighting.create), compare_mod(self.key, sighting.mod)],
+                                 [delete(self.key)], [get(self.key)])
+        if answer.succeeded:
+            self._sighting = None
+            log.info("lease %s: taking over: the holder's key (token %d) was last renewed more than its %d s TTL "
+                     "ago; deleted it", self.name, sighting.create, sighting.granted)
+        else:
+            log.debug("lease %s: not deleting: the key changed since it was seen at mod revision %d",
+                      self.name, sighting.mod)
+            self._see(answer.kv(0), self._clock(), deletions)
+
     def _denied(self) -> str | None:
         """Why the cluster refused the last attempt's credentials or a permission (``EtcdDenied``),
         which does not pass by waiting; None when it did not."""
@@ -197,6 +289,15 @@ class EtcdLease(LeaseBase[_Grant]):
             if self.held:
                 return True
             self._unreachable = self._refused = None
+            deletions = self._deletions
+            sighting = self._sighting
+            free_at = sighting.free_at() if sighting is not None else None
+            if free_at is not None and self._clock() < free_at and self._watching():
+                return False  # the holder renewed in time, as the watch shows: asking would be refused
+            try:
+                self._clear_stale_holder(deletions)
+            except LeaseError as exc:
+                return self._failed("take-over", exc)
             owner = new_owner()
             started = self._clock()
             try:
@@ -218,6 +319,7 @@ class EtcdLease(LeaseBase[_Grant]):
             else:
                 self._revoke(lease_id)  # never leave one etcd lease behind per attempt
                 self._check_owner(kv)
+                self._see(kv, self._clock(), deletions)
                 return False
             deadline = validity_deadline(started, min(self.ttl, float(granted)))
             with _seen_lock:
@@ -233,6 +335,7 @@ class EtcdLease(LeaseBase[_Grant]):
                 self._drop(token, lease_id)
                 return False
             self._grant = _Grant(owner, token, deadline, lease_id=lease_id)
+            self._sighting = None
             self.exceed(token)
             log.debug("lease %s: acquired, token %d, valid %.3fs", self.name, token, deadline - self._clock())
             return True
