@@ -13,7 +13,8 @@ keeps these guarantees (the contract tests run each against real servers):
   always, as the key's create revision). A resource that remembers the highest token it
   accepted can refuse a paused ex-holder.
 * **Release notification.** ``on_release`` wakes standbys when a holder gives the lease up, so
-  a graceful handover costs about one round trip.
+  a graceful handover costs about one round trip; a release after it returns is heard
+  (wherever the store answered it).
 * **Fenced records.** A write carrying token T never lands after a write with a larger token;
   a refused write raises ``StaleToken``. A write reaches the store's majority or raises.
 * **Slot claims.** A beat slot's attempt is claimed at most once; a claim the store could not

@@ -174,14 +174,21 @@ class EtcdLease(LeaseBase[_Grant]):
 
     def on_release(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` from a background thread whenever the key is deleted (released or
-        expired). Returns a function that stops the watch; the caller must call it."""
+        expired): a delete after this returns is heard (the watch starts at the revision read
+        here, unless no endpoint answered). Returns a function that stops the watch; the caller
+        must call it."""
+        try:
+            start: int | None = self.client.range(self.key)[1] + 1
+        except LeaseError:
+            start = None  # the watch reads it once an endpoint answers
+
         def deleted() -> None:
             with self._sighting_lock:
                 self._deletions += 1
                 self._sighting = None
             callback()
 
-        watcher = KeyWatcher(self.client, self.key, deleted, on_put=self._saw_put).start()
+        watcher = KeyWatcher(self.client, self.key, deleted, start, on_put=self._saw_put).start()
         self._watchers.add(watcher)
 
         def stop() -> None:
